@@ -1,0 +1,3 @@
+from tportknockd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""The values every other module speaks in: frames, events, configs and parsed packets.
+
+Nothing here does I/O. Config parsing builds these, the filter compiler and the engine read
+them, capture produces `Packet`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# TCP flag bits as they sit in byte 13 of the TCP header.
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+#: The six classic flags; the `x` frame letter means exactly these.
+ALL_SIX = FIN | SYN | RST | PSH | ACK | URG
+
+#: Config letters for single flags, in the order they are spelled out.
+FLAG_LETTERS: dict[str, int] = {"f": FIN, "s": SYN, "r": RST, "p": PSH, "a": ACK, "u": URG}
+FLAG_NAMES: tuple[tuple[int, str], ...] = (
+    (FIN, "FIN"),
+    (SYN, "SYN"),
+    (RST, "RST"),
+    (PSH, "PSH"),
+    (ACK, "ACK"),
+    (URG, "URG"),
+    (ECE, "ECE"),
+    (CWR, "CWR"),
+)
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTOCOL_NUMBERS: dict[str, int] = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+
+
+def describe_flags(flags: int) -> str:
+    """`FIN+RST+PSH+ACK` for 0x1d, `none` for 0."""
+    names = [name for bit, name in FLAG_NAMES if flags & bit]
+    return "+".join(names) if names else "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One knock: a packet to `port` over `protocol` (6 or 17).
+
+    `flags` is the exact TCP flag byte the packet must carry, or None when any flags are
+    accepted (`i`). UDP frames always have flags None.
+    """
+
+    protocol: int
+    port: int
+    flags: int | None
+
+    def describe(self) -> str:
+        """Human spelling used by `-C` and logs: `tcp/123 FIN+RST+PSH+ACK`."""
+        head = f"{PROTOCOL_NAMES[self.protocol]}/{self.port}"
+        if self.protocol != PROTO_TCP:
+            return head
+        if self.flags is None:
+            return f"{head} any flags"
+        return f"{head} {describe_flags(self.flags)}"
+
+    def matches(self, protocol: int, port: int, flags: int) -> bool:
+        """Does a packet with these fields satisfy this frame?"""
+        if protocol != self.protocol or port != self.port:
+            return False
+        return self.flags is None or flags == self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A configured knock event (one `<NAME> ... </NAME>` block)."""
+
+    name: str
+    frames: tuple[Frame, ...]
+    timeout: float
+    start_command: str
+    stop_command: str | None = None
+    command_delay: float | None = None
+    line: int = 0  # line of the opening tag, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    events: tuple[Event, ...]
+    #: `FILE:LINE: warning: ...` lines that do not make the config invalid.
+    warnings: tuple[str, ...] = ()
+
+
+class Packet(NamedTuple):
+    """The parts of a received packet that knocking cares about.
+
+    `src` and `dst` are addresses in their canonical text form (IPv6 compressed), as produced
+    by `socket.inet_ntop`; `flags` is the TCP flag byte, 0 for UDP.
+    """
+
+    src: str
+    dst: str
+    protocol: int
+    port: int
+    flags: int
