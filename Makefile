@@ -1,0 +1,36 @@
+# tportknockd: `make test` (what CI runs), `make demo`, `make lint`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup deps test unit e2e lint demo clean
+
+# System packages the tests and the demo use (Debian); a no-op when they are there.
+deps:
+	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: deps $(VENV)/installed
+
+lint: setup
+	$(PY) -m ruff check src tests
+	$(PY) -m mypy
+
+test: setup lint
+	$(PY) -m pytest -q -ra
+
+unit: setup
+	$(PY) -m pytest -q -m 'not e2e'
+
+e2e: setup
+	$(PY) -m pytest -q -ra -m e2e
+
+demo: setup
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,251 @@
+"""The `tportknockd` command line: the classic options of the original, plus a few long ones."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Sequence
+
+from tportknockd import __version__, netif
+from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
+from tportknockd.config import ConfigError, check_report, load_config
+from tportknockd.daemon import Daemon, Options, StartupError
+from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
+
+log = logging.getLogger("tportknockd")
+
+DEFAULT_PID_FILE = "/run/tportknockd.pid"
+
+USAGE = """\
+usage: tportknockd -c CONFIG -i DEVICE [-r SEC] [-d] [-D]
+       tportknockd -C CONFIG
+       tportknockd -l
+       tportknockd -h"""
+
+HELP = f"""\
+tportknockd {__version__} - tiny port-knocking daemon
+
+{USAGE}
+
+  -c CONFIG   configuration file with the knock sequences
+  -C CONFIG   check the configuration file for errors and display every sequence
+  -i DEVICE   interface to listen on
+  -r SEC      refresh the interface's addresses every SEC seconds
+  -l          list the network devices with their state and addresses
+  -d          debug: log every counted packet and every state change
+  -D          daemon mode: detach, write a pid file, log to syslog
+  -h          this help
+
+long options:
+  --pid-file FILE         pid file in daemon mode (default {DEFAULT_PID_FILE})
+  --log-file FILE         log to FILE (as well as stderr, or instead of syslog with -D)
+  --max-attempts N        knock attempts in progress kept at most (default {DEFAULT_MAX_ATTEMPTS})
+  --max-commands N        commands running at once at most (default {DEFAULT_MAX_RUNNING})
+  --command-timeout SEC   kill a command that runs longer (default {DEFAULT_TIME_LIMIT:g})
+  --version               print the version
+
+Signals: SIGHUP reloads the configuration (a broken one is rejected, the old one kept),
+SIGUSR1 logs statistics, SIGTERM/SIGINT run every pending stop_command, then exit."""
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tportknockd", add_help=False, usage=USAGE)
+    p.add_argument("-c", dest="config", metavar="CONFIG")
+    p.add_argument("-C", dest="check", metavar="CONFIG")
+    p.add_argument("-i", dest="interface", metavar="DEVICE")
+    p.add_argument("-r", dest="refresh", type=_positive, metavar="SEC")
+    p.add_argument("-l", dest="list", action="store_true")
+    p.add_argument("-d", dest="debug", action="store_true")
+    p.add_argument("-D", dest="daemon", action="store_true")
+    p.add_argument("-h", "--help", dest="help", action="store_true")
+    p.add_argument("--pid-file", default=DEFAULT_PID_FILE)
+    p.add_argument("--log-file")
+    p.add_argument("--max-attempts", type=_count, default=DEFAULT_MAX_ATTEMPTS)
+    p.add_argument("--max-commands", type=_count, default=DEFAULT_MAX_RUNNING)
+    p.add_argument("--command-timeout", type=_positive, default=DEFAULT_TIME_LIMIT)
+    p.add_argument("--version", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"tportknockd: {exc}\n{USAGE}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.help:
+        print(HELP)
+        return 0
+    if args.version:
+        print(f"tportknockd {__version__}")
+        return 0
+    if args.list:
+        return list_devices()
+    if args.check:
+        return check(args.check)
+    if not args.config:
+        raise UsageError("-c CONFIG is required (or -C, -l, -h)")
+    if not args.interface:
+        raise UsageError("-i DEVICE is required")
+    return serve(args)
+
+
+def list_devices() -> int:
+    try:
+        links = netif.list_interfaces()
+    except OSError as exc:
+        print(f"tportknockd: cannot list devices: {exc}", file=sys.stderr)
+        return 1
+    for link in links:
+        state = "UP" if link.up else "DOWN"
+        addresses = " ".join(link.addresses) or "-"
+        print(f"{link.name:<16} {state:<5} {link.operstate:<8} {addresses}")
+    return 0
+
+
+def check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    print(check_report(config))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    _setup_logging(args.debug, args.log_file, to_syslog=False)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    options = Options(
+        config_path=args.config,
+        interface=args.interface,
+        refresh=args.refresh,
+        debug=args.debug,
+        max_attempts=args.max_attempts,
+        max_commands=args.max_commands,
+        command_time_limit=args.command_timeout,
+    )
+    daemon = Daemon(config, options)
+    try:
+        # Everything that can fail for the user fails here, while stderr is still theirs.
+        daemon.open()
+    except StartupError as exc:
+        print(f"tportknockd: {exc}", file=sys.stderr)
+        return 1
+    if args.daemon:
+        _detach(args.pid_file)
+        _setup_logging(args.debug, args.log_file, to_syslog=True)
+    try:
+        return daemon.run()
+    finally:
+        if args.daemon:
+            _remove_pid_file(args.pid_file)
+
+
+def _setup_logging(debug: bool, log_file: str | None, to_syslog: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handlers: list[logging.Handler] = []
+    stamped = logging.Formatter("%(asctime)s tportknockd[%(process)d]: %(levelname)s %(message)s")
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file)
+        handler.setFormatter(stamped)
+        handlers.append(handler)
+    if to_syslog:
+        if os.path.exists("/dev/log"):
+            syslog = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            syslog.setFormatter(logging.Formatter("tportknockd[%(process)d]: %(message)s"))
+            handlers.append(syslog)
+    else:
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(stamped)
+        handlers.append(stderr)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _detach(pid_file: str) -> None:
+    """Classic double fork; the parent returns to the shell once the pid file exists."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        ok = os.read(read_end, 1) == b"1"
+        os._exit(0 if ok else 1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    os.umask(0o022)
+    try:
+        with open(pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        print(f"tportknockd: cannot write pid file {pid_file}: {exc}", file=sys.stderr)
+        os.write(write_end, b"0")
+        os._exit(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.write(write_end, b"1")
+    os.close(write_end)
+
+
+def _remove_pid_file(pid_file: str) -> None:
+    try:
+        with open(pid_file) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.remove(pid_file)
+    except OSError:
+        pass

@@ -1,0 +1,403 @@
+"""The daemon: the I/O around the engine.
+
+One thread runs the loop: poll the capture socket and a signal wake-up pipe, feed packets and
+the monotonic clock to the engine, hand its actions to the command runner, and look after the
+interface (addresses refreshed with -r; link down, deleted and re-created). Commands run in
+worker threads (see actions), so nothing here waits for them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tportknockd import filter as bpf
+from tportknockd import netif
+from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
+from tportknockd.capture import Capture
+from tportknockd.config import ConfigError, load_config
+from tportknockd.engine import (
+    DEFAULT_MAX_ATTEMPTS,
+    Action,
+    DoorExtended,
+    Engine,
+    Progress,
+    RunStart,
+    RunStop,
+)
+from tportknockd.model import PROTOCOL_NAMES, Config, Packet, describe_flags
+
+log = logging.getLogger("tportknockd")
+
+IDLE_WAKEUP = 5.0  # seconds: the longest sleep, so kernel drop counters are read now and then
+LINK_CHECK = 1.0  # seconds between checks while the interface is down or missing
+STOP_GRACE = 10.0  # seconds to wait at exit for the last stop commands to finish
+_EMPTY_WAKEUPS_BEFORE_CHECK = 50  # POLLIN with nothing to read: a deleted interface's sign
+
+
+@dataclass
+class Options:
+    config_path: str
+    interface: str
+    refresh: float | None = None
+    debug: bool = False
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_commands: int = DEFAULT_MAX_RUNNING
+    command_time_limit: float = DEFAULT_TIME_LIMIT
+
+
+@dataclass
+class Counters:
+    packets: int = 0  # well-formed packets to this host that reached the engine
+    malformed: int = 0  # dropped by the parser
+    not_local: int = 0  # well-formed, but to an address that is not (or no longer) ours
+    kernel_packets: int = 0
+    kernel_drops: int = 0
+    fired: int = 0
+
+
+class StartupError(Exception):
+    """A problem that stops the daemon before it runs: one clear line for the user."""
+
+
+@dataclass
+class Daemon:
+    config: Config
+    options: Options
+    engine: Engine = field(init=False)
+    runner: CommandRunner = field(init=False)
+    counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.config, self.options.max_attempts, trace=self.options.debug)
+        self.runner = CommandRunner(self.options.max_commands, self.options.command_time_limit)
+        self.capture: Capture | None = None
+        self.ifindex = 0
+        self.link_up = True
+        self.local: frozenset[str] = frozenset()
+        self._signals: list[int] = []
+        self._stopping = False
+        self._empty_wakeups = 0
+        self._next_refresh = 0.0
+        self._next_link_check = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the capture; raises StartupError with a line fit for the user."""
+        link = netif.find_interface(self.options.interface)
+        if link is None:
+            raise StartupError(f"no interface '{self.options.interface}' (see tportknockd -l)")
+        try:
+            self._open_capture(link)
+        except PermissionError as exc:
+            raise StartupError(
+                f"capturing on {self.options.interface} needs root or CAP_NET_RAW ({exc.strerror})"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"cannot capture on {self.options.interface}: {exc}") from None
+
+    def _open_capture(self, link: netif.Interface) -> None:
+        self.local = frozenset(link.addresses)
+        self.capture = Capture(link.name, self._program())
+        self.ifindex = link.index
+        self.link_up = link.up
+        log.info(
+            "listening on %s (index %d, %s), addresses: %s",
+            link.name,
+            link.index,
+            "up" if link.up else "down",
+            ", ".join(sorted(self.local)) or "none yet",
+        )
+
+    def _program(self) -> list[bpf.Insn]:
+        if not self.local:
+            return bpf.drop_all()
+        frames = [frame for event in self.config.events for frame in event.frames]
+        program = bpf.compile_filter(frames, self.local)
+        if self.options.debug:
+            log.debug(
+                "kernel filter (%d instructions):\n%s", len(program), bpf.disassemble(program)
+            )
+        return program
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
+        self._install_signal_handlers()
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self.capture is not None:
+            poller.register(self.capture.fileno(), select.POLLIN)
+        now = time.monotonic()
+        self._next_refresh = now + (self.options.refresh or 0)
+        log.info(
+            "ready: %d events, %d frames",
+            len(self.config.events),
+            sum(len(e.frames) for e in self.config.events),
+        )
+        while not self._stopping:
+            for fd, revents in poller.poll(self._poll_timeout_ms()):
+                if fd == self._wake_r.fileno():
+                    self._handle_signals(poller)
+                elif self.capture is not None and fd == self.capture.fileno():
+                    self._on_capture_ready(revents, poller)
+            now = time.monotonic()
+            self._perform(self.engine.tick(now))
+            self._housekeeping(now, poller)
+        return self._shutdown()
+
+    def _poll_timeout_ms(self) -> int:
+        now = time.monotonic()
+        wake = now + IDLE_WAKEUP
+        deadline = self.engine.next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline)
+        if self.options.refresh:
+            wake = min(wake, self._next_refresh)
+        if self.capture is None or not self.link_up:
+            wake = min(wake, self._next_link_check)
+        return max(0, int((wake - now) * 1000) + 1)
+
+    def _on_capture_ready(self, revents: int, poller: select.poll) -> None:
+        assert self.capture is not None
+        if revents & select.POLLERR:
+            code = self.capture.pending_error()
+            if code:
+                log.warning("capture on %s: %s", self.options.interface, os.strerror(code))
+            self._check_link(poller)
+            if self.capture is None:
+                return
+        if self._read_packets() == 0:
+            self._empty_wakeups += 1
+            if self._empty_wakeups >= _EMPTY_WAKEUPS_BEFORE_CHECK:
+                self._empty_wakeups = 0
+                self._check_link(poller)
+        else:
+            self._empty_wakeups = 0
+
+    def _read_packets(self) -> int:
+        assert self.capture is not None
+        now = time.monotonic()
+        engine, counters, local, debug = self.engine, self.counters, self.local, self.options.debug
+        seen = 0
+        for packet in self.capture.packets():
+            seen += 1
+            if packet is None:
+                counters.malformed += 1
+            elif packet.dst not in local:
+                counters.not_local += 1
+            else:
+                counters.packets += 1
+                if debug:
+                    log.debug("packet %s", _describe_packet(packet))
+                actions = engine.feed(packet, now)
+                if actions:
+                    self._perform(actions)
+        return seen
+
+    def _perform(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, RunStart):
+                self.counters.fired += 1
+                log.info("%s: knock from %s accepted: opening", action.event, action.address)
+                self.runner.run(
+                    f"{action.event} {action.address} start", action.command, action.address
+                )
+            elif isinstance(action, RunStop):
+                log.info("%s: closing for %s", action.event, action.address)
+                self.runner.run(
+                    f"{action.event} {action.address} stop", action.command, action.address
+                )
+            elif isinstance(action, DoorExtended):
+                log.info(
+                    "%s: knock from %s while open: stop pushed back by %s s",
+                    action.event,
+                    action.address,
+                    _delay_of(self.config, action.event),
+                )
+            elif isinstance(action, Progress):
+                log.debug(
+                    "%s: %s %s (%d/%d)",
+                    action.event,
+                    action.address,
+                    action.what,
+                    action.step,
+                    action.of,
+                )
+
+    # -- interface and addresses ----------------------------------------------------------
+
+    def _housekeeping(self, now: float, poller: select.poll) -> None:
+        if self.options.refresh and now >= self._next_refresh:
+            self._next_refresh = now + self.options.refresh
+            self._check_link(poller)
+        elif (self.capture is None or not self.link_up) and now >= self._next_link_check:
+            self._check_link(poller)
+        self._read_kernel_statistics()
+
+    def _check_link(self, poller: select.poll) -> None:
+        """Compare the interface with what we know; follow it down, away, back, re-addressed."""
+        self._next_link_check = time.monotonic() + LINK_CHECK
+        try:
+            link = netif.find_interface(self.options.interface)
+        except OSError as exc:
+            log.warning("cannot read interfaces: %s", exc)
+            return
+        if link is None or (self.capture is not None and link.index != self.ifindex):
+            if self.capture is not None:
+                log.warning(
+                    "interface %s is gone; waiting for it to come back", self.options.interface
+                )
+                self._close_capture(poller)
+            if link is None:
+                return
+        if self.capture is None:
+            self._reopen(link, poller)
+            return
+        if link.up != self.link_up:
+            self.link_up = link.up
+            log.warning("interface %s is %s", link.name, "up again" if link.up else "down")
+        self._update_addresses(link.addresses)
+
+    def _reopen(self, link: netif.Interface, poller: select.poll) -> None:
+        try:
+            self._open_capture(link)
+        except OSError as exc:
+            log.warning("cannot capture on %s yet: %s", link.name, exc)
+            return
+        assert self.capture is not None
+        poller.register(self.capture.fileno(), select.POLLIN)
+
+    def _close_capture(self, poller: select.poll) -> None:
+        assert self.capture is not None
+        self._read_kernel_statistics()
+        poller.unregister(self.capture.fileno())
+        self.capture.close()
+        self.capture = None
+
+    def _update_addresses(self, addresses: Iterable[str]) -> None:
+        new = frozenset(addresses)
+        if new == self.local:
+            return
+        log.info(
+            "addresses of %s changed: %s -> %s",
+            self.options.interface,
+            ", ".join(sorted(self.local)) or "none",
+            ", ".join(sorted(new)) or "none",
+        )
+        self.local = new
+        if self.capture is not None:
+            self.capture.set_filter(self._program())
+
+    def _read_kernel_statistics(self) -> None:
+        if self.capture is None:
+            return
+        try:
+            stats = self.capture.statistics()
+        except OSError:
+            return
+        self.counters.kernel_packets += stats.packets
+        if stats.drops:
+            self.counters.kernel_drops += stats.drops
+            log.warning(
+                "kernel ring dropped %d packets (%d in all)",
+                stats.drops,
+                self.counters.kernel_drops,
+            )
+
+    # -- signals --------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._wake_w.setblocking(False)
+        self._wake_r.setblocking(False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Only record it: the loop does the work, outside of the signal handler.
+        self._signals.append(signum)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+
+    def _handle_signals(self, poller: select.poll) -> None:
+        try:
+            while self._wake_r.recv(256):
+                pass
+        except BlockingIOError:
+            pass
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("%s: stopping", signal.Signals(signum).name)
+                self._stopping = True
+            elif signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGUSR1:
+                self.log_statistics()
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.options.config_path)
+        except ConfigError as exc:
+            for message in exc.messages:
+                log.error("%s", message)
+            log.error("reload rejected: keeping the current configuration")
+            return
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.config = config
+        self.engine.reload(config)
+        if self.capture is not None:
+            self.capture.set_filter(self._program())
+        log.info("configuration reloaded: %d events", len(config.events))
+
+    def log_statistics(self) -> None:
+        self._read_kernel_statistics()
+        c = self.counters
+        log.info(
+            "statistics: kernel_packets=%d kernel_drops=%d packets=%d malformed=%d "
+            "not_local=%d attempts=%d open_doors=%d fired=%d",
+            c.kernel_packets,
+            c.kernel_drops,
+            c.packets,
+            c.malformed,
+            c.not_local,
+            self.engine.attempt_count,
+            len(self.engine.open_doors()),
+            c.fired,
+        )
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        self._perform(self.engine.shutdown())
+        if not self.runner.wait(STOP_GRACE):
+            log.error("some commands were still running at exit")
+        self.log_statistics()
+        if self.capture is not None:
+            self.capture.close()
+        log.info("stopped")
+        return 0
+
+
+def _describe_packet(packet: Packet) -> str:
+    proto = PROTOCOL_NAMES.get(packet.protocol, str(packet.protocol))
+    flags = f" {describe_flags(packet.flags)}" if proto == "tcp" else ""
+    return f"{packet.src} -> {packet.dst} {proto}/{packet.port}{flags}"
+
+
+def _delay_of(config: Config, name: str) -> float | None:
+    return next((e.command_delay for e in config.events if e.name == name), None)

@@ -1,0 +1,123 @@
+"""Network interfaces and their addresses, read from the kernel over rtnetlink.
+
+`socket.if_nameindex` knows names only and `SIOCGIFADDR` knows one IPv4 address; a knock may
+go to any IPv4 or IPv6 address of the interface, so we ask rtnetlink for the full lists.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+NETLINK_ROUTE = 0
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFLA_IFNAME = 3
+IFLA_OPERSTATE = 16
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFF_UP, IFF_RUNNING = 0x1, 0x40
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBi")
+_RTATTR = struct.Struct("=HH")
+
+_OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+
+@dataclass
+class Interface:
+    name: str
+    index: int
+    up: bool  # administratively up (IFF_UP)
+    operstate: str
+    addresses: list[str] = field(default_factory=list)
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attributes(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
+    while offset + _RTATTR.size <= len(data):
+        length, kind = _RTATTR.unpack_from(data, offset)
+        if length < _RTATTR.size:
+            return
+        yield kind, data[offset + _RTATTR.size : offset + length]
+        offset += _align(length)
+
+
+def _dump(request_type: int, family: int) -> Iterator[tuple[int, bytes]]:
+    """Send one rtnetlink dump request; yield (message type, payload) of each answer."""
+    with socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
+    ) as s:
+        body = struct.pack("=Bxxx", family) + bytes(12 if request_type == RTM_GETLINK else 4)
+        header = _NLMSGHDR.pack(
+            _NLMSGHDR.size + len(body), request_type, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
+        )
+        s.sendall(header + body)
+        while True:
+            data = s.recv(65536)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    (errno,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
+                    raise OSError(-errno, "rtnetlink dump failed")
+                yield kind, data[offset + _NLMSGHDR.size : offset + length]
+                if length < _NLMSGHDR.size:
+                    return
+                offset += _align(length)
+
+
+def _links() -> list[Interface]:
+    links = []
+    for kind, payload in _dump(RTM_GETLINK, socket.AF_UNSPEC):
+        if kind != RTM_NEWLINK:
+            continue
+        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+        name, operstate = "", "unknown"
+        for attr, value in _attributes(payload, _IFINFOMSG.size):
+            if attr == IFLA_IFNAME:
+                name = value.rstrip(b"\0").decode(errors="replace")
+            elif attr == IFLA_OPERSTATE and value:
+                operstate = _OPERSTATES[value[0]] if value[0] < len(_OPERSTATES) else "unknown"
+        links.append(Interface(name, index, bool(flags & IFF_UP), operstate))
+    return links
+
+
+def _addresses() -> Iterator[tuple[int, str]]:
+    """(interface index, address text) for every address of every interface."""
+    for kind, payload in _dump(RTM_GETADDR, socket.AF_UNSPEC):
+        if kind != RTM_NEWADDR:
+            continue
+        family, _prefix, _flags, _scope, index = _IFADDRMSG.unpack_from(payload)
+        found: dict[int, bytes] = dict(_attributes(payload, _IFADDRMSG.size))
+        # On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is always ours.
+        raw = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
+        if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+            yield index, socket.inet_ntop(family, raw)
+
+
+def list_interfaces() -> list[Interface]:
+    """Every interface with its state and addresses, in kernel index order."""
+    links = {link.index: link for link in _links()}
+    for index, address in _addresses():
+        if index in links:
+            links[index].addresses.append(address)
+    return [links[i] for i in sorted(links)]
+
+
+def find_interface(name: str) -> Interface | None:
+    """The interface called `name`, or None when there is none (now)."""
+    for link in list_interfaces():
+        if link.name == name:
+            return link
+    return None
