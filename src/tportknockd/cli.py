@@ -14,6 +14,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon import Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
+from tportknockd.state import DEFAULT_STATE_FILE
 
 log = logging.getLogger("tportknockd")
 
@@ -45,6 +46,8 @@ long options:
   --max-attempts N        knock attempts in progress kept at most (default {DEFAULT_MAX_ATTEMPTS})
   --max-commands N        commands running at once at most (default {DEFAULT_MAX_RUNNING})
   --command-timeout SEC   kill a command that runs longer (default {DEFAULT_TIME_LIMIT:g})
+  --state-file FILE       where open doors are recorded to survive a crash
+                          (default {DEFAULT_STATE_FILE}; 'none' to keep no record)
   --version               print the version
 
 Signals: SIGHUP reloads the configuration (a broken one is rejected, the old one kept),
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=_count, default=DEFAULT_MAX_ATTEMPTS)
     p.add_argument("--max-commands", type=_count, default=DEFAULT_MAX_RUNNING)
     p.add_argument("--command-timeout", type=_positive, default=DEFAULT_TIME_LIMIT)
+    p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
     p.add_argument("--version", action="store_true")
     return p
 
@@ -170,6 +174,7 @@ def serve(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         max_commands=args.max_commands,
         command_time_limit=args.command_timeout,
+        state_file=None if args.state_file == "none" else args.state_file,
     )
     daemon = Daemon(config, options)
     try:
@@ -190,14 +195,14 @@ def serve(args: argparse.Namespace) -> int:
 
 def _setup_logging(debug: bool, log_file: str | None, to_syslog: bool) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handlers: list[logging.Handler] = []
     stamped = logging.Formatter("%(asctime)s tportknockd[%(process)d]: %(levelname)s %(message)s")
     if log_file:
-        handler: logging.Handler = logging.FileHandler(log_file)
-        handler.setFormatter(stamped)
-        handlers.append(handler)
+        to_file = logging.FileHandler(log_file)
+        to_file.setFormatter(stamped)
+        handlers.append(to_file)
     if to_syslog:
         if os.path.exists("/dev/log"):
             syslog = logging.handlers.SysLogHandler(
@@ -209,8 +214,8 @@ def _setup_logging(debug: bool, log_file: str | None, to_syslog: bool) -> None:
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setFormatter(stamped)
         handlers.append(stderr)
-    for handler in handlers:
-        root.addHandler(handler)
+    for new in handlers:
+        root.addHandler(new)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 

@@ -19,13 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tportknockd import filter as bpf
-from tportknockd import netif
+from tportknockd import netif, state
 from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
 from tportknockd.capture import Capture
 from tportknockd.config import ConfigError, load_config
 from tportknockd.engine import (
     DEFAULT_MAX_ATTEMPTS,
     Action,
+    Door,
     DoorExtended,
     Engine,
     Progress,
@@ -51,6 +52,7 @@ class Options:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_commands: int = DEFAULT_MAX_RUNNING
     command_time_limit: float = DEFAULT_TIME_LIMIT
+    state_file: str | None = state.DEFAULT_STATE_FILE
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
         self._install_signal_handlers()
+        self.restore_doors()
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         if self.capture is not None:
@@ -205,35 +208,109 @@ class Daemon:
                     self._perform(actions)
         return seen
 
-    def _perform(self, actions: Iterable[Action]) -> None:
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out the engine's actions, keeping the state file ahead of the doors.
+
+        Stops run first, then the state file is rewritten, then starts run: a crash at any
+        point leaves a door recorded longer than needed (its stop runs again at restart,
+        harmlessly), never an open door unrecorded.
+        """
+        changes_doors = False
         for action in actions:
-            if isinstance(action, RunStart):
-                self.counters.fired += 1
-                log.info("%s: knock from %s accepted: opening", action.event, action.address)
-                self.runner.run(
-                    f"{action.event} {action.address} start", action.command, action.address
-                )
-            elif isinstance(action, RunStop):
-                log.info("%s: closing for %s", action.event, action.address)
-                self.runner.run(
-                    f"{action.event} {action.address} stop", action.command, action.address
-                )
-            elif isinstance(action, DoorExtended):
+            if isinstance(action, RunStop):
+                self._dispatch(action)
+                changes_doors = True
+            elif isinstance(action, (RunStart, DoorExtended)):
+                changes_doors = True
+        if changes_doors:
+            self._persist()
+        for action in actions:
+            if not isinstance(action, RunStop):
+                self._dispatch(action)
+
+    def _dispatch(self, action: Action) -> None:
+        if isinstance(action, RunStart):
+            self.counters.fired += 1
+            log.info("%s: knock from %s accepted: opening", action.event, action.address)
+            self.runner.run(
+                f"{action.event} {action.address} start", action.command, action.address
+            )
+        elif isinstance(action, RunStop):
+            log.info("%s: closing for %s", action.event, action.address)
+            self.runner.run(f"{action.event} {action.address} stop", action.command, action.address)
+        elif isinstance(action, DoorExtended):
+            log.info(
+                "%s: knock from %s while open: stop pushed back by %s s",
+                action.event,
+                action.address,
+                _delay_of(self.config, action.event),
+            )
+        elif isinstance(action, Progress):
+            log.debug(
+                "%s: %s %s (%d/%d)",
+                action.event,
+                action.address,
+                action.what,
+                action.step,
+                action.of,
+            )
+
+    # -- open doors across restarts -------------------------------------------------------
+
+    def restore_doors(self) -> None:
+        """Take over the doors a previous run left open: close due ones, reschedule the rest."""
+        path = self.options.state_file
+        if path is None:
+            return
+        try:
+            saved = state.load(path)
+        except state.StateError as exc:
+            aside = state.set_aside(path)
+            log.error("%s; moved aside to %s", exc, aside)
+            return
+        wall, mono = time.time(), time.monotonic()
+        due_now: list[Action] = []
+        for door in saved:
+            if door.due <= wall:
                 log.info(
-                    "%s: knock from %s while open: stop pushed back by %s s",
-                    action.event,
-                    action.address,
-                    _delay_of(self.config, action.event),
+                    "%s: door for %s was left open by an earlier run: closing now",
+                    door.event,
+                    door.address,
                 )
-            elif isinstance(action, Progress):
-                log.debug(
-                    "%s: %s %s (%d/%d)",
-                    action.event,
-                    action.address,
-                    action.what,
-                    action.step,
-                    action.of,
+                due_now.append(RunStop(door.event, door.address, door.stop_command))
+            else:
+                log.info(
+                    "%s: door for %s was left open by an earlier run: closing in %.0f s",
+                    door.event,
+                    door.address,
+                    door.due - wall,
                 )
+                self.engine.restore_door(
+                    Door(
+                        door.event,
+                        door.address,
+                        mono + door.due - wall,
+                        door.stop_command,
+                        door.delay,
+                    )
+                )
+        self._perform(due_now)
+
+    def _persist(self) -> None:
+        path = self.options.state_file
+        if path is None:
+            return
+        wall, mono = time.time(), time.monotonic()
+        doors = [
+            state.SavedDoor(d.event, d.address, wall + d.due - mono, d.stop_command, d.delay)
+            for d in self.engine.open_doors()
+        ]
+        try:
+            state.save(path, doors)
+        except OSError as exc:
+            log.error(
+                "cannot record open doors in %s: %s (a crash now would leave them open)", path, exc
+            )
 
     # -- interface and addresses ----------------------------------------------------------
 
@@ -383,7 +460,7 @@ class Daemon:
     # -- the end --------------------------------------------------------------------------
 
     def _shutdown(self) -> int:
-        self._perform(self.engine.shutdown())
+        self._perform(self.engine.shutdown())  # also empties the state file
         if not self.runner.wait(STOP_GRACE):
             log.error("some commands were still running at exit")
         self.log_statistics()

@@ -1,0 +1,117 @@
+"""The durable record of open doors, so that a crash never forgets a pending stop_command.
+
+Before a door opens (its start_command runs) the daemon writes every pending stop to the state
+file: a temporary file, fsynced, renamed over the old one, and the directory fsynced. At
+start-up it reads the file back: stops already due run at once, the others are rescheduled.
+Due times are stored as wall-clock (Unix) times, since the monotonic clock does not survive a
+reboot. A file that cannot be read or parsed is moved aside, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DEFAULT_STATE_FILE = "/var/lib/tportknockd/doors.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SavedDoor:
+    event: str
+    address: str
+    due: float  # Unix time
+    stop_command: str
+    delay: float
+
+
+class StateError(Exception):
+    pass
+
+
+def save(path: str, doors: Iterable[SavedDoor]) -> None:
+    """Atomically replace the state file with `doors`."""
+    data = {
+        "version": FORMAT_VERSION,
+        "doors": [
+            {
+                "event": d.event,
+                "address": d.address,
+                "due": d.due,
+                "stop_command": d.stop_command,
+                "delay": d.delay,
+            }
+            for d in doors
+        ],
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = f"{path}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: str) -> list[SavedDoor]:
+    """The doors recorded in `path`; [] when there is no file; StateError when it is bad."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+    try:
+        return _doors_from(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"{path}: not a tportknockd state file: {exc!r}") from None
+
+
+def _doors_from(data: object) -> list[SavedDoor]:
+    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        raise ValueError("unknown format version")
+    doors = []
+    for item in data["doors"]:
+        door = SavedDoor(
+            event=_text(item["event"]),
+            address=_text(item["address"]),
+            due=_number(item["due"]),
+            stop_command=_text(item["stop_command"]),
+            delay=_number(item["delay"]),
+        )
+        doors.append(door)
+    return doors
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def set_aside(path: str) -> str:
+    """Move a bad state file out of the way (kept for a person to look at); returns its new name."""
+    aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(path, aside)
+    return aside
