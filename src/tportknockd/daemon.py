@@ -143,6 +143,7 @@ class Daemon:
             poller.register(self.capture.fileno(), select.POLLIN)
         now = time.monotonic()
         self._next_refresh = now + (self.options.refresh or 0)
+        notify_systemd("READY=1")
         log.info(
             "ready: %d events, %d frames",
             len(self.config.events),
@@ -460,6 +461,7 @@ class Daemon:
     # -- the end --------------------------------------------------------------------------
 
     def _shutdown(self) -> int:
+        notify_systemd("STOPPING=1")
         self._perform(self.engine.shutdown())  # also empties the state file
         if not self.runner.wait(STOP_GRACE):
             log.error("some commands were still running at exit")
@@ -468,6 +470,26 @@ class Daemon:
             self.capture.close()
         log.info("stopped")
         return 0
+
+
+def notify_systemd(message: str) -> bool:
+    """Tell systemd our state (sd_notify protocol) when it runs us as Type=notify.
+
+    The protocol is one datagram on the unix socket named by $NOTIFY_SOCKET ('@' means the
+    abstract namespace); no library needed. Returns False when there is no one to tell.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address.lstrip("\0"), exc)
+        return False
+    return True
 
 
 def _describe_packet(packet: Packet) -> str:

@@ -1,0 +1,94 @@
+"""The open-doors state file, and the systemd notification."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tportknockd import state
+from tportknockd.daemon import notify_systemd
+from tportknockd.state import SavedDoor
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = str(tmp_path / "sub" / "doors.json")
+    doors = [
+        SavedDoor("ssh", "198.51.100.7", 1_800_000_000.5, "close %IP%", 30.0),
+        SavedDoor("ssh", "2001:db8::7", 1_800_000_001.0, "close %IP%", 30.0),
+    ]
+    state.save(path, doors)
+    assert state.load(path) == doors
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(path + ".tmp")
+    state.save(path, [])
+    assert state.load(path) == []
+
+
+def test_missing_file_is_empty(tmp_path: Path) -> None:
+    assert state.load(str(tmp_path / "none.json")) == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"\xff\xfe",
+        b"[]",
+        b'{"version": 2, "doors": []}',
+        b'{"version": 1}',
+        b'{"version": 1, "doors": [{"event": 1}]}',
+        b'{"version": 1, "doors": [{"event": "e", "address": "a", "due": "x", '
+        b'"stop_command": "c", "delay": 1}]}',
+    ],
+)
+def test_bad_file_is_reported_and_set_aside(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "doors.json"
+    path.write_bytes(content)
+    with pytest.raises(state.StateError):
+        state.load(str(path))
+    aside = state.set_aside(str(path))
+    assert not path.exists()
+    assert Path(aside).read_bytes() == content
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_any_content_loads_or_raises_state_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("s") / "doors.json"
+    path.write_bytes(content)
+    try:
+        state.load(str(path))
+    except state.StateError:
+        pass
+
+
+def test_notify_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        assert notify_systemd("READY=1")
+        assert listener.recv(100) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not notify_systemd("READY=1")
+
+
+def test_systemd_unit_runs_least_privilege_foreground() -> None:
+    unit = (Path(__file__).parent.parent / "packaging" / "tportknockd.service").read_text()
+    settings_ = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings_["Type"] == "notify"
+    assert settings_["CapabilityBoundingSet"] == "CAP_NET_RAW CAP_NET_ADMIN"
+    assert settings_["ProtectSystem"] == "strict"
+    assert settings_["StateDirectory"] == "tportknockd"
+    assert settings_["Restart"] == "on-failure"
+    assert " -D" not in settings_["ExecStart"]
