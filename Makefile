@@ -1,9 +1,9 @@
-# tportknockd: `make test` (what CI runs), `make demo`, `make lint`.
+# tportknockd: `make test` (what CI runs), `make demo`, `make lint`, `make fuzz`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup deps test unit e2e lint demo clean
+.PHONY: setup deps test unit e2e lint demo fuzz clean
 
 # System packages the tests and the demo use (Debian); a no-op when they are there.
 deps:
@@ -31,6 +31,11 @@ e2e: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# Generated and mutated packets and configs against the parsers (EXAMPLES per parser).
+EXAMPLES ?= 25000
+fuzz: setup
+	$(PY) scripts/fuzz.py --examples $(EXAMPLES)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
