@@ -1,0 +1,361 @@
+"""`tportknock`: send a knock sequence, frame by frame, with the exact TCP flags each one needs.
+
+UDP frames are ordinary datagrams. TCP frames are hand-built segments sent through a raw
+socket (the kernel adds the IP header), because no ordinary socket call can put an arbitrary
+flag byte on the wire; that needs root or CAP_NET_RAW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import random
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tportknockd.config import ConfigError, load_config, parse_frame
+from tportknockd.model import PROTO_TCP, PROTOCOL_NAMES, SYN, Frame, describe_flags
+
+PROG = "tportknock"
+
+#: A short pause keeps the frames in order on the wire and in the daemon's capture ring.
+DEFAULT_DELAY_MS = 10
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+UDP_PAYLOAD = b"knock"
+TCP_WINDOW = 1024
+
+#: What a frame with flags None (`i`, any flags) sends: the least surprising segment.
+ANY_FLAGS_SENDS = SYN
+
+# sport, dport, seq, ack, data offset, flags, window, checksum, urgent pointer
+_TCP_HEADER = struct.Struct("!HHIIBBHHH")
+_TCP_CHECKSUM_AT = 16
+_TCP_DATA_OFFSET = (_TCP_HEADER.size // 4) << 4
+
+# A port for the routing probe; the probe socket is connected but never sends anything.
+_PROBE_PORT = 9
+
+SockAddr = tuple[Any, ...]
+
+
+class KnockError(Exception):
+    """A problem reported as one `tportknock: ...` line, exiting with `status`."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the knock goes and from which local address."""
+
+    family: int
+    address: str  # the destination, for messages
+    sockaddr: SockAddr
+    source: SockAddr
+    explicit_source: bool
+
+
+# --- the TCP segment ------------------------------------------------------------------------
+
+
+def build_tcp_segment(src: str, dst: str, sport: int, dport: int, flags: int, seq: int) -> bytes:
+    """A 20-byte TCP header carrying exactly `flags`, checksummed for src → dst (IPv4 or IPv6)."""
+    header = _TCP_HEADER.pack(sport, dport, seq, 0, _TCP_DATA_OFFSET, flags, TCP_WINDOW, 0, 0)
+    checksum = internet_checksum(pseudo_header(src, dst, PROTO_TCP, len(header)) + header)
+    return header[:_TCP_CHECKSUM_AT] + checksum.to_bytes(2, "big") + header[_TCP_CHECKSUM_AT + 2 :]
+
+
+def pseudo_header(src: str, dst: str, protocol: int, length: int) -> bytes:
+    """The address pseudo header that the TCP/UDP checksum covers (RFC 793, RFC 8200 8.1)."""
+    source, destination = _packed(src), _packed(dst)
+    if len(source) != len(destination):
+        raise ValueError(f"source {src} and destination {dst} are of different IP versions")
+    if len(source) == 4:
+        return source + destination + struct.pack("!xBH", protocol, length)
+    return source + destination + struct.pack("!I3xB", length, protocol)
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 ones' complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\x00"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _packed(address: str) -> bytes:
+    # getsockname() may append a %scope to link-local IPv6 addresses.
+    return ipaddress.ip_address(address.split("%", 1)[0]).packed
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Send a port-knock sequence to HOST, one frame after the other.",
+        epilog=(
+            "FRAME is protocol:port[:flags] as in the tportknockd config, e.g. udp:1234 "
+            "tcp:123:frap tcp:434:x tcp:2345:n. Flag letters: f s r p a u, x (all six), "
+            "n (none; also the default), i (any: a SYN is sent). TCP frames go out through a "
+            "raw socket and need root or CAP_NET_RAW."
+        ),
+    )
+    parser.add_argument(
+        "-d",
+        dest="delay",
+        metavar="MS",
+        type=_milliseconds,
+        default=DEFAULT_DELAY_MS,
+        help=f"pause between frames in milliseconds (default {DEFAULT_DELAY_MS})",
+    )
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument(
+        "-4",
+        dest="family",
+        action="store_const",
+        const=socket.AF_INET,
+        default=socket.AF_UNSPEC,
+        help="use IPv4 only",
+    )
+    family.add_argument(
+        "-6", dest="family", action="store_const", const=socket.AF_INET6, help="use IPv6 only"
+    )
+    parser.add_argument(
+        "-s",
+        dest="source",
+        metavar="ADDR",
+        help="send from this local address (default: the one the route picks)",
+    )
+    parser.add_argument(
+        "-c",
+        dest="config",
+        metavar="FILE",
+        help="take the frames from an event in this tportknockd config",
+    )
+    parser.add_argument("-e", dest="event", metavar="EVENT", help="the event to use with -c")
+    parser.add_argument("-v", dest="verbose", action="store_true", help="print each frame sent")
+    parser.add_argument("host", metavar="HOST", help="host name or address to knock at")
+    parser.add_argument("frames", metavar="FRAME", nargs="*", help="the frames to send, in order")
+    return parser
+
+
+def _milliseconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of ms") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the delay cannot be negative")
+    return value
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.config is not None:
+        if args.event is None:
+            parser.error("-c needs -e EVENT")
+        if args.frames:
+            parser.error("give either FRAMEs or -c FILE -e EVENT, not both")
+    elif args.event is not None:
+        parser.error("-e needs -c FILE")
+    elif not args.frames:
+        parser.error("no FRAME given (or use -c FILE -e EVENT)")
+
+
+def frames_from_args(args: argparse.Namespace) -> tuple[Frame, ...]:
+    """The FRAME arguments, or the frames of `-e EVENT` in the `-c FILE` config."""
+    if args.config is None:
+        return tuple(_parse_frame_arg(text) for text in args.frames)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        # Each message already names the file (and line); a lone one reads fine as it is.
+        heading = "" if len(exc.messages) == 1 else f"invalid config {args.config}:\n"
+        raise KnockError(heading + "\n".join(exc.messages), EXIT_USAGE) from None
+    for event in config.events:
+        if event.name == args.event:
+            return event.frames
+    known = ", ".join(event.name for event in config.events) or "none"
+    raise KnockError(f"no event {args.event!r} in {args.config} (events: {known})", EXIT_USAGE)
+
+
+def _parse_frame_arg(text: str) -> Frame:
+    try:
+        return parse_frame(text)
+    except ValueError as exc:
+        reason = str(exc)
+        # parse_frame already says which frame; do not say it twice.
+        message = reason if reason.startswith("bad frame") else f"bad frame {text!r}: {reason}"
+        raise KnockError(message, EXIT_USAGE) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_intermixed_args(argv)
+        _check_usage(parser, args)
+    except SystemExit as exc:  # argparse has printed usage or help already
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        frames = frames_from_args(args)
+        target = resolve_target(args.host, args.family, args.source)
+        knock(target, frames, args.delay / 1000, args.verbose)
+    except KnockError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def resolve_target(host: str, family: int, source: str | None) -> Target:
+    """Look HOST up and settle the source address: `-s`, or the one the kernel would route from."""
+    if source is not None:
+        family = _source_family(source, family)
+    sockaddr = _resolve(host, family, numeric=False)
+    family = socket.AF_INET6 if len(sockaddr) == 4 else socket.AF_INET
+    if source is not None:
+        return Target(family, sockaddr[0], sockaddr, _resolve(source, family, True), True)
+    return Target(family, sockaddr[0], sockaddr, _routed_source(family, sockaddr), False)
+
+
+def _source_family(source: str, family: int) -> int:
+    try:
+        version = ipaddress.ip_address(source.split("%", 1)[0]).version
+    except ValueError:
+        raise KnockError(f"-s {source!r} is not an IP address", EXIT_USAGE) from None
+    source_family = socket.AF_INET if version == 4 else socket.AF_INET6
+    if family not in (socket.AF_UNSPEC, source_family):
+        raise KnockError(f"-s {source} does not match -{'4' if version == 6 else '6'}", EXIT_USAGE)
+    return source_family
+
+
+def _resolve(host: str, family: int, numeric: bool) -> SockAddr:
+    flags = socket.AI_NUMERICHOST if numeric else 0
+    try:
+        infos = socket.getaddrinfo(host, 0, family, socket.SOCK_DGRAM, 0, flags)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise KnockError(f"cannot resolve {host!r}: {_reason(exc)}") from None
+    usable = [info[4] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not usable:
+        raise KnockError(f"cannot resolve {host!r}: no IPv4 or IPv6 address")
+    return tuple(usable[0])
+
+
+def _routed_source(family: int, destination: SockAddr) -> SockAddr:
+    # Connecting a UDP socket sends nothing; it only asks the routing table for a source.
+    probe = (destination[0], _PROBE_PORT, *destination[2:])
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(probe)
+            local: SockAddr = sock.getsockname()
+    except OSError as exc:
+        raise KnockError(f"no route to {destination[0]}: {_reason(exc)}") from None
+    return (local[0], 0, *local[2:])
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+def knock(target: Target, frames: Sequence[Frame], delay: float, verbose: bool) -> None:
+    """Send `frames` in order, `delay` seconds apart. Sockets open first: all or nothing fails."""
+    with contextlib.ExitStack() as stack:
+        udp = raw = None
+        if any(frame.protocol != PROTO_TCP for frame in frames):
+            udp = stack.enter_context(_open_udp(target))
+        if any(frame.protocol == PROTO_TCP for frame in frames):
+            raw = stack.enter_context(_open_raw(target))
+        for index, frame in enumerate(frames):
+            if index and delay:
+                time.sleep(delay)
+            if frame.protocol == PROTO_TCP:
+                assert raw is not None
+                sent = _send_tcp(raw, target, frame)
+            else:
+                assert udp is not None
+                sent = _send_udp(udp, target, frame)
+            if verbose:
+                print(f"sent {sent} to {target.address}", flush=True)
+
+
+def _open_udp(target: Target) -> socket.socket:
+    sock = socket.socket(target.family, socket.SOCK_DGRAM)
+    if target.explicit_source:
+        _bind_source(sock, target)
+    return sock
+
+
+def _open_raw(target: Target) -> socket.socket:
+    try:
+        sock = socket.socket(target.family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    except PermissionError:
+        raise KnockError("sending TCP frames needs root or CAP_NET_RAW") from None
+    except OSError as exc:
+        raise KnockError(f"cannot open a raw socket: {_reason(exc)}") from None
+    # Bound, so the kernel writes the very source address the checksum was computed over.
+    _bind_source(sock, target)
+    return sock
+
+
+def _bind_source(sock: socket.socket, target: Target) -> None:
+    try:
+        sock.bind(target.source)
+    except OSError as exc:
+        sock.close()
+        raise KnockError(f"cannot send from {target.source[0]}: {_reason(exc)}") from None
+
+
+def _send_tcp(sock: socket.socket, target: Target, frame: Frame) -> str:
+    flags = ANY_FLAGS_SENDS if frame.flags is None else frame.flags
+    segment = build_tcp_segment(
+        target.source[0],
+        target.address,
+        random.randint(1024, 65535),
+        frame.port,
+        flags,
+        random.getrandbits(32),
+    )
+    # Raw IPv6 sockets reject a port other than 0 or their protocol; 0 is right for both.
+    _send(sock, segment, (target.address, 0, *target.sockaddr[2:]), frame)
+    return f"{PROTOCOL_NAMES[frame.protocol]}/{frame.port} {describe_flags(flags)}"
+
+
+def _send_udp(sock: socket.socket, target: Target, frame: Frame) -> str:
+    _send(sock, UDP_PAYLOAD, (target.address, frame.port, *target.sockaddr[2:]), frame)
+    return f"{PROTOCOL_NAMES[frame.protocol]}/{frame.port}"
+
+
+def _send(sock: socket.socket, data: bytes, sockaddr: SockAddr, frame: Frame) -> None:
+    # sendto on an unconnected socket: an ICMP error for one frame cannot fail the next.
+    try:
+        sock.sendto(data, sockaddr)
+    except OSError as exc:
+        raise KnockError(
+            f"cannot send {frame.describe()} to {sockaddr[0]}: {_reason(exc)}"
+        ) from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
