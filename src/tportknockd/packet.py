@@ -8,13 +8,15 @@ Payloads are never needed, so a short snap length is fine.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import TypeAlias
 
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet
 
-Buffer: TypeAlias = bytes | memoryview
+# The capture hands over its mmap'ed ring directly: no copy per packet.
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
