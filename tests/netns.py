@@ -7,8 +7,12 @@ only documentation addresses are used. Everything is removed on exit.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import struct
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -75,3 +79,80 @@ def _wire(pair: Pair, with_addresses: bool) -> None:
         ip("-n", c, "addr", "add", f"{CLIENT_V4}/24", "dev", pair.client_if)
         ip("-n", s, "addr", "add", f"{SERVER_V6}/64", "dev", pair.server_if, "nodad")
         ip("-n", c, "addr", "add", f"{CLIENT_V6}/64", "dev", pair.client_if, "nodad")
+
+
+# --- hand-made packets ----------------------------------------------------------------------
+# For packets the knock client cannot (and should not) send: flag bytes with ECE/CWR, spoofed
+# sources, frames pushed out of an interface by hand. Run inside a namespace as
+# `python3 tests/netns.py send-tcp ...` (see send_raw_tcp), so nothing leaves the test's pair.
+
+
+def link_mac(ns: str, ifname: str) -> str:
+    """The MAC address of `ifname` in namespace `ns`."""
+    out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "dev", ifname],
+                         check=True, capture_output=True, text=True).stdout
+    return str(json.loads(out)[0]["address"])
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4_tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int,
+                    seq: int = 1000) -> bytes:
+    """A whole IPv4 packet carrying a bare 20-byte TCP header with exactly `flags`."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 8192, 0, 0)
+    pseudo = s + d + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0x4242, 0, 64,
+                         socket.IPPROTO_TCP, 0, s, d)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + tcp
+
+
+def send_raw_tcp(pair: Pair, ns: str, src: str, dst: str, dport: int, flags: int, *,
+                 sport: int = 40000, out_if: str | None = None,
+                 dst_mac: str | None = None) -> None:
+    """Send one IPv4 TCP packet with exactly `flags` from namespace `ns`.
+
+    Without `out_if` it goes through the namespace's routing (a raw IP socket); with `out_if`
+    and `dst_mac` it is written straight onto that link as an Ethernet frame, so even a packet
+    to the sender's own address leaves through the veth.
+    """
+    argv = [sys.executable, os.path.abspath(__file__), "send-tcp", src, dst, str(sport),
+            str(dport), str(flags)]
+    if out_if is not None:
+        if dst_mac is None:
+            raise ValueError("out_if needs dst_mac")
+        argv += [out_if, dst_mac]
+    pair.run(ns, argv, check=True, capture_output=True)
+
+
+def _send_tcp_main(args: Sequence[str]) -> None:
+    src, dst, sport, dport, flags = args[:5]
+    packet = ipv4_tcp_packet(src, dst, int(sport), int(dport), int(flags, 0))
+    if len(args) == 7:
+        out_if, dst_mac = args[5:]
+        with open(f"/sys/class/net/{out_if}/address") as f:
+            src_mac = f.read().strip()
+        ether = (bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+                 + struct.pack("!H", 0x0800))
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind((out_if, 0))
+            s.send(ether + packet)
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+            s.sendto(packet, (dst, 0))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["send-tcp"]:
+        _send_tcp_main(sys.argv[2:])
+    else:
+        sys.exit("usage: netns.py send-tcp SRC DST SPORT DPORT FLAGS [OUT_IF DST_MAC]")
