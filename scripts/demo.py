@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""A guided tour of tportknockd: a real daemon, real packets, two throw-away namespaces.
+
+Run as root (`make demo`). It builds a "server" and a "client" network namespace joined by a
+veth pair (documentation addresses only, no default route, so nothing leaves the pair), starts
+tportknockd in the server namespace and knocks from the client: a right knock opens the door
+and it closes again after command_delay, a knock with one flag missing is counted but opens
+nothing, an IPv6 knock opens the door and stopping the daemon closes it. Everything is removed
+at the end, also after a failure or Ctrl-C. Exit status 0 when every step did what it should.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+REPO = Path(__file__).resolve().parent.parent
+
+SERVER_IF, CLIENT_IF = "knk0", "knk1"
+SERVER_V4, CLIENT_V4 = "198.51.100.1", "198.51.100.2"
+SERVER_V6, CLIENT_V6 = "2001:db8::1", "2001:db8::2"
+
+#: The seed's first example, with commands that show what they would do instead of doing it.
+SEQUENCE = "udp:1234 tcp:543 tcp:543:i tcp:123:frap tcp:434:x tcp:2345:n"
+#: The same knock with one flag missing from the Xmas frame (`x` is all six flags).
+WRONG_SEQUENCE = SEQUENCE.replace("tcp:434:x", "tcp:434:fsrpa")
+COMMAND_DELAY = 3
+DEADLINE = 10.0  # seconds for anything the demo waits for, beyond the delays it configures
+
+CONFIG_TEMPLATE = """\
+# tportknockd demo: the README's first example; the commands only report what they would do.
+<ssh>
+ sequence      = {sequence}
+ timeout       = 10
+ start_command = echo "OPEN for %IP%" | tee -a {doors}
+ stop_command  = echo "CLOSED for %IP%" | tee -a {doors}
+ command_delay = {delay}
+</ssh>
+"""
+
+
+class DemoFailure(Exception):
+    """Something the demo expected did not happen."""
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def heading(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(3, 72 - len(text)), flush=True)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def show(prefix: str, text: str) -> None:
+    for line in text.rstrip("\n").splitlines():
+        print(f"  {prefix} | {line}", flush=True)
+
+
+# --- namespaces -----------------------------------------------------------------------------
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class Namespaces:
+    """A server and a client namespace joined by a veth pair; `remove()` deletes both."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.server = f"tpk-demo-s-{tag}"
+        self.client = f"tpk-demo-c-{tag}"
+        self.created: list[str] = []
+
+    def create(self) -> None:
+        for ns in (self.server, self.client):
+            ip("netns", "add", ns)
+            self.created.append(ns)
+        # The veth is born in the server namespace and its peer placed straight into the
+        # client's: at no moment does either end exist in the host's namespace.
+        ip("-n", self.server, "link", "add", SERVER_IF, "type", "veth",
+           "peer", "name", CLIENT_IF, "netns", self.client)
+        for ns, ifname, v4, v6 in ((self.server, SERVER_IF, SERVER_V4, SERVER_V6),
+                                   (self.client, CLIENT_IF, CLIENT_V4, CLIENT_V6)):
+            # Without duplicate address detection the IPv6 address is usable at once.
+            self.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0"], check=True)
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", ifname, "up")
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", ifname)
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+
+    def remove(self) -> None:
+        for ns in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.created.clear()
+
+    def argv(self, ns: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    def run(self, ns: str, argv: Sequence[str], check: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(ns, argv), text=True, capture_output=True,
+                              env=package_env(), check=check)
+
+
+def package_env() -> dict[str, str]:
+    """The environment for our children: the package is found in the source tree even when
+    it is not installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                      env.get("PYTHONPATH")]))
+    return env
+
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+class Daemon:
+    """tportknockd in the foreground: its output is shown as it comes and kept for waiting."""
+
+    def __init__(self, nets: Namespaces, config: Path) -> None:
+        args = ["-c", str(config), "-i", SERVER_IF]
+        argv = nets.argv(nets.server, [sys.executable, "-m", "tportknockd", *args])
+        say("$ " + " ".join(nets.argv(nets.server, ["tportknockd", *args])))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=package_env())
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            show("tportknockd", line)
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for(self, pattern: str, what: str, timeout: float = DEADLINE,
+                 after: int = 0) -> re.Match[str]:
+        """Wait for a line matching `pattern` (from line number `after` on)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines[after:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise DemoFailure(f"the daemon never reported {what}")
+                self.changed.wait(min(left, 0.2))
+
+    def mark(self) -> int:
+        with self.changed:
+            return len(self.lines)
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        """SIGTERM, then wait for the exit; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise DemoFailure(f"the daemon did not stop within {timeout:g} s of SIGTERM") from None
+        self.reader.join(2)
+        return status
+
+    def kill(self) -> None:
+        """Clean-up after a failure or Ctrl-C: this one process, by its PID."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def knock(nets: Namespaces, *args: str) -> None:
+    argv = [sys.executable, "-m", "tportknockd.client", "-v", *args]
+    say("$ " + " ".join(nets.argv(nets.client, ["tportknock", "-v", *args])))
+    result = nets.run(nets.client, argv)
+    show("tportknock ", result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise DemoFailure(f"tportknock failed with exit status {result.returncode}")
+
+
+def wait_file_line(path: Path, line: str, timeout: float) -> float:
+    """Wait until `path` holds `line`; return the moment it was seen (monotonic clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if line in path.read_text().splitlines():
+                return time.monotonic()
+        except FileNotFoundError:
+            pass
+        if time.monotonic() >= deadline:
+            raise DemoFailure(f"{line!r} never appeared in {path}")
+        time.sleep(0.02)
+
+
+def count_lines(path: Path, prefix: str) -> int:
+    try:
+        return sum(line.startswith(prefix) for line in path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def statistics(daemon: Daemon, until: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+    """Ask the daemon for its counters (SIGUSR1) until `until` holds for them.
+
+    A knock may still sit in the capture ring for a few milliseconds after the client has
+    sent it, so one answer may come too early; asking again costs nothing.
+    """
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        mark = daemon.mark()
+        daemon.proc.send_signal(signal.SIGUSR1)
+        match = daemon.wait_for(r"statistics: (.*)", "its statistics", after=mark)
+        counters = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[1])}
+        if until(counters) or time.monotonic() >= deadline:
+            return counters
+        time.sleep(0.2)
+
+
+def check_config(nets: Namespaces, config: Path) -> None:
+    heading("The configuration")
+    say(f"{config}:")
+    show("config     ", config.read_text())
+    say("\nChecked and spelled out by the daemon itself:")
+    say(f"$ tportknockd -C {config}")
+    result = nets.run(nets.server, [sys.executable, "-m", "tportknockd", "-C", str(config)])
+    show("tportknockd", result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise DemoFailure("tportknockd -C rejected the demo config")
+
+
+def right_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
+    heading("A right knock opens the door")
+    say(f"The client knocks the six frames of the sequence at {SERVER_V4}.")
+    knock(nets, SERVER_V4, *SEQUENCE.split())
+    daemon.wait_for(rf"ssh: knock from {re.escape(CLIENT_V4)} accepted: opening",
+                    "the accepted knock")
+    opened = wait_file_line(doors, f"OPEN for {CLIENT_V4}", DEADLINE)
+    say(f"\n>> start_command ran: OPEN for {CLIENT_V4}")
+
+    heading(f"The door closes after command_delay ({COMMAND_DELAY} s)")
+    closed = wait_file_line(doors, f"CLOSED for {CLIENT_V4}", COMMAND_DELAY + DEADLINE)
+    say(f"\n>> stop_command ran {closed - opened:.1f} s later: CLOSED for {CLIENT_V4}")
+
+
+def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
+    heading("A wrong knock opens nothing")
+    say("The same sequence, but frame 5 carries FIN+SYN+RST+PSH+ACK instead of all six flags")
+    say("(URG is missing). Every flag bit must be exactly right.")
+    before = statistics(daemon, lambda c: True)
+    opens_before = count_lines(doors, "OPEN")
+    knock(nets, SERVER_V4, *WRONG_SEQUENCE.split())
+    frames = len(WRONG_SEQUENCE.split())
+    # The frame with the wrong flags may never reach the daemon: where a port's frames all
+    # name exact flags, the kernel filter already drops other flags. The others must arrive.
+    right_ones = frames - 1
+    after = statistics(daemon, lambda c: c["packets"] >= before["packets"] + right_ones)
+    seen = after["packets"] - before["packets"]
+    if seen < right_ones:
+        raise DemoFailure(f"the daemon saw only {seen} of the {frames} frames of the wrong knock")
+    time.sleep(0.3)  # a last look, in case the wrong frame is still on its way
+    after = statistics(daemon, lambda c: True)
+    seen = after["packets"] - before["packets"]
+    if after["fired"] != before["fired"] or count_lines(doors, "OPEN") != opens_before:
+        raise DemoFailure("the wrong knock opened the door")
+    if seen < frames:
+        say("\n>> the frame with the wrong flags was dropped by the kernel filter already;")
+        say(f">> the daemon counted the other {seen} frames and fired nothing "
+            f"(fired stays {after['fired']})")
+    else:
+        say(f"\n>> the daemon counted all {seen} frames and fired nothing "
+            f"(fired stays {after['fired']})")
+
+
+def ipv6_knock_and_stop(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
+    heading("IPv6 works the same way")
+    knock(nets, "-6", SERVER_V6, *SEQUENCE.split())
+    wait_file_line(doors, f"OPEN for {CLIENT_V6}", DEADLINE)
+    say(f"\n>> start_command ran: OPEN for {CLIENT_V6}")
+
+    heading("Stopping the daemon closes every door still open")
+    say("SIGTERM, before the IPv6 door's command_delay is over:")
+    status = daemon.stop()
+    wait_file_line(doors, f"CLOSED for {CLIENT_V6}", 1)
+    if status != 0:
+        raise DemoFailure(f"the daemon exited with status {status}")
+    say(f"\n>> stop_command ran at shutdown: CLOSED for {CLIENT_V6}; exit status {status}")
+
+
+def tour(nets: Namespaces, workdir: Path, started: list[Daemon]) -> None:
+    heading("Two network namespaces joined by a veth pair")
+    nets.create()
+    say(f"server namespace {nets.server}: {SERVER_IF} {SERVER_V4}/24 {SERVER_V6}/64")
+    say(f"client namespace {nets.client}: {CLIENT_IF} {CLIENT_V4}/24 {CLIENT_V6}/64")
+    say("(documentation addresses, no default route: nothing leaves the pair)")
+
+    doors = workdir / "doors"
+    config = workdir / "knock.conf"
+    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, doors=doors,
+                                             delay=COMMAND_DELAY))
+    check_config(nets, config)
+
+    heading("Starting tportknockd in the server namespace")
+    daemon = Daemon(nets, config)
+    started.append(daemon)
+    daemon.wait_for(r"ready: \d+ events?", "that it is ready")
+
+    right_knock(nets, daemon, doors)
+    wrong_knock(nets, daemon, doors)
+    ipv6_knock_and_stop(nets, daemon, doors)
+
+
+def preflight() -> str | None:
+    if os.geteuid() != 0:
+        return "the demo needs root (network namespaces and raw sockets): sudo make demo"
+    if shutil.which("ip") is None:
+        return "the demo needs the `ip` command (Debian: apt-get install iproute2)"
+    return None
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception, so that the clean-up below runs for it too.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    problem = preflight()
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C must reach the clean-up even when started with SIGINT ignored (as a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    nets = Namespaces()
+    workdir = Path(tempfile.mkdtemp(prefix="tportknockd-demo-"))
+    started: list[Daemon] = []
+    status = 1
+    try:
+        tour(nets, workdir, started)
+        status = 0
+    except DemoFailure as exc:
+        print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        status = 130
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or ""
+        print(f"\nDEMO FAILED: {exc} {detail}".rstrip(), file=sys.stderr)
+    finally:
+        heading("Cleaning up")
+        for daemon in started:
+            daemon.kill()
+        nets.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+        say("namespaces and temporary files removed")
+    if status == 0:
+        heading("Demo finished: every step did what it should")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
