@@ -64,6 +64,13 @@ def veth_pair(with_addresses: bool = True) -> Iterator[Pair]:
         ip("netns", "del", pair.server)
 
 
+def relink(pair: Pair, with_addresses: bool = True) -> None:
+    """Delete the veth pair and create it again, as after a driver reload: same names, new
+    interface indexes."""
+    subprocess.run(["ip", "-n", pair.server, "link", "del", pair.server_if], capture_output=True)
+    _wire(pair, with_addresses)
+
+
 def _wire(pair: Pair, with_addresses: bool) -> None:
     s, c = pair.server, pair.client
     ip("-n", s, "link", "add", pair.server_if, "type", "veth",

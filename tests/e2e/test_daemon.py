@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import time
@@ -14,12 +16,24 @@ from conftest import (
     VPN_SEQUENCE,
     StartDaemon,
     block,
+    child_env,
     config_with_sentinel,
+    daemon_argv,
     process_alive,
     wait_until,
 )
 
-from netns import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Pair, ip, link_mac, send_raw_tcp
+from netns import (
+    CLIENT_V4,
+    CLIENT_V6,
+    SERVER_V4,
+    SERVER_V6,
+    Pair,
+    ip,
+    link_mac,
+    relink,
+    send_raw_tcp,
+)
 from tportknockd.model import ECE, PSH, URG
 
 pytestmark = pytest.mark.e2e
@@ -224,3 +238,68 @@ def test_sighup_with_good_config_switches_sequences(start_daemon: StartDaemon) -
     daemon.knock(SERVER_V4, *VPN_SEQUENCE.split())
     daemon.wait_log(r"vpn: knock from .* (accepted|while open)", count=2)
     daemon.assert_not_fired("ssh")
+
+
+# --- the interface comes and goes ---------------------------------------------------------
+
+
+def test_interface_deleted_and_recreated(start_daemon: StartDaemon, pair: Pair) -> None:
+    daemon = start_daemon(block("ssh", SSH_SEQUENCE))
+    ip("-n", pair.server, "link", "del", pair.server_if)
+    daemon.wait_log(rf"interface {pair.server_if} is gone")
+    relink(pair)
+    # The new interface has a new index: the daemon must open a new capture on it.
+    daemon.wait_log(rf"listening on {pair.server_if} ", count=2)
+    daemon.knock(SERVER_V4, *SSH_SEQUENCE.split())
+    daemon.wait_action(f"ssh open {CLIENT_V4}")
+
+
+def test_interface_down_and_up_again(start_daemon: StartDaemon, pair: Pair) -> None:
+    daemon = start_daemon(block("ssh", SSH_SEQUENCE))
+    ip("-n", pair.server, "link", "set", pair.server_if, "down")
+    daemon.wait_log(rf"interface {pair.server_if} is down")
+    ip("-n", pair.server, "link", "set", pair.server_if, "up")
+    daemon.wait_log(rf"interface {pair.server_if} is up again")
+    daemon.knock(SERVER_V4, *SSH_SEQUENCE.split())
+    daemon.wait_action(f"ssh open {CLIENT_V4}")
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+@pytest.mark.xfail(reason="daemon bug: -D does chdir('/') before relative --pid-file, "
+                   "--log-file and the -c path for SIGHUP are used", strict=False)
+def test_daemon_mode_with_relative_paths(pair: Pair, tmp_path: Path) -> None:
+    config = tmp_path / "knock.conf"
+    config.write_text(block("ssh", SSH_SEQUENCE).replace("{out}", str(tmp_path / "actions")))
+    result = pair.run(pair.server, daemon_argv("-c", "knock.conf", "-i", pair.server_if, "-D",
+                                               "--pid-file", "knockd.pid",
+                                               "--log-file", "knockd.log"),
+                      cwd=tmp_path, env=child_env(), capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    pid_file = tmp_path / "knockd.pid"
+    if not pid_file.exists():
+        _end_stray_daemon(Path("/knockd.pid"), Path("/knockd.log"))
+        pytest.fail("pid file not written where -D --pid-file said (relative to the cwd)")
+    pid = int(pid_file.read_text())
+    try:
+        log = tmp_path / "knockd.log"
+        assert wait_until(lambda: "ready:" in log.read_text()), "log not where --log-file said"
+        os.kill(pid, signal.SIGHUP)
+        assert wait_until(lambda: "configuration reloaded" in log.read_text()), log.read_text()
+    finally:
+        _kill_daemon_by_pid(pid)
+
+
+def _kill_daemon_by_pid(pid: int) -> None:
+    if process_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(lambda: not process_alive(pid), 5):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _end_stray_daemon(pid_file: Path, log_file: Path) -> None:
+    """The buggy daemon wrote its files relative to /: end it and remove what it left."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        _kill_daemon_by_pid(int(pid_file.read_text()))
+    wait_until(lambda: not pid_file.exists(), 5)
+    for path in (pid_file, log_file):
+        path.unlink(missing_ok=True)
