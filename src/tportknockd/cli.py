@@ -158,6 +158,11 @@ def check(path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # -D changes to / before these are used (pid file, later log lines, SIGHUP's re-read).
+    for name in ("config", "pid_file", "log_file", "state_file"):
+        path = getattr(args, name)
+        if path and path != "none":
+            setattr(args, name, os.path.abspath(path))
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -265,8 +265,6 @@ def test_interface_down_and_up_again(start_daemon: StartDaemon, pair: Pair) -> N
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-@pytest.mark.xfail(reason="daemon bug: -D does chdir('/') before relative --pid-file, "
-                   "--log-file and the -c path for SIGHUP are used", strict=False)
 def test_daemon_mode_with_relative_paths(pair: Pair, tmp_path: Path) -> None:
     config = tmp_path / "knock.conf"
     config.write_text(block("ssh", SSH_SEQUENCE).replace("{out}", str(tmp_path / "actions")))
