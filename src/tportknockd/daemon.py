@@ -106,6 +106,8 @@ class Daemon:
             ) from None
         except OSError as exc:
             raise StartupError(f"cannot capture on {self.options.interface}: {exc}") from None
+        except ValueError as exc:
+            raise StartupError(f"cannot build the kernel filter: {exc}") from None
 
     def _open_capture(self, link: netif.Interface) -> None:
         self.local = frozenset(link.addresses)
@@ -120,10 +122,15 @@ class Daemon:
             ", ".join(sorted(self.local)) or "none yet",
         )
 
-    def _program(self) -> list[bpf.Insn]:
+    def _program(self, config: Config | None = None) -> list[bpf.Insn]:
+        """The kernel filter for `config` (default: the current one) and our addresses.
+
+        Raises ValueError when it would not fit in a classic BPF program.
+        """
+        config = config or self.config
         if not self.local:
             return bpf.drop_all()
-        frames = [frame for event in self.config.events for frame in event.frames]
+        frames = [frame for event in config.events for frame in event.frames]
         program = bpf.compile_filter(frames, self.local)
         if self.options.debug:
             log.debug(
@@ -350,7 +357,7 @@ class Daemon:
     def _reopen(self, link: netif.Interface, poller: select.poll) -> None:
         try:
             self._open_capture(link)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("cannot capture on %s yet: %s", link.name, exc)
             return
         assert self.capture is not None
@@ -375,7 +382,10 @@ class Daemon:
         )
         self.local = new
         if self.capture is not None:
-            self.capture.set_filter(self._program())
+            try:
+                self.capture.set_filter(self._program())
+            except ValueError as exc:
+                log.error("kernel filter for the new addresses: %s; keeping the old filter", exc)
 
     def _read_kernel_statistics(self) -> None:
         if self.capture is None:
@@ -434,12 +444,17 @@ class Daemon:
                 log.error("%s", message)
             log.error("reload rejected: keeping the current configuration")
             return
+        try:
+            program = self._program(config)
+        except ValueError as exc:
+            log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
+            return
         for warning in config.warnings:
             log.warning("%s", warning)
         self.config = config
         self.engine.reload(config)
         if self.capture is not None:
-            self.capture.set_filter(self._program())
+            self.capture.set_filter(program)
         log.info("configuration reloaded: %d events", len(config.events))
 
     def log_statistics(self) -> None:
