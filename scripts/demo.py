@@ -133,7 +133,9 @@ class Daemon:
     """tportknockd in the foreground: its output is shown as it comes and kept for waiting."""
 
     def __init__(self, nets: Namespaces, config: Path) -> None:
-        args = ["-c", str(config), "-i", SERVER_IF]
+        # Its own state file: the demo must not touch a real installation's open doors.
+        state_file = str(config.parent / "doors.json")
+        args = ["-c", str(config), "-i", SERVER_IF, "--state-file", state_file]
         argv = nets.argv(nets.server, [sys.executable, "-m", "tportknockd", *args])
         say("$ " + " ".join(nets.argv(nets.server, ["tportknockd", *args])))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -251,6 +251,9 @@ def start_daemon(pair: Pair, tmp_path: Path) -> Iterator[StartDaemon]:
         config.write_text(config_text.replace("{out}", str(actions)))
         run = DaemonRun(pair, tmp_path, config, tmp_path / f"daemon{n}.log", actions)
         runs.append(run)
+        if "--state-file" not in options:
+            # Never the system-wide default: tests must not see each other's open doors.
+            options = (*options, "--state-file", str(tmp_path / "doors.json"))
         with open(run.log, "w") as log:
             run.proc = pair.popen(
                 pair.server,
