@@ -157,15 +157,25 @@ class Daemon:
             sum(len(e.frames) for e in self.config.events),
         )
         while not self._stopping:
-            for fd, revents in poller.poll(self._poll_timeout_ms()):
-                if fd == self._wake_r.fileno():
-                    self._handle_signals(poller)
-                elif self.capture is not None and fd == self.capture.fileno():
-                    self._on_capture_ready(revents, poller)
-            now = time.monotonic()
-            self._perform(self.engine.tick(now))
-            self._housekeeping(now, poller)
+            try:
+                self._iterate(poller)
+            except OSError as exc:
+                # A socket or netlink hiccup must not end the daemon (and leave doors open):
+                # log it, look at the interface again, and go on after a short pause.
+                log.warning("transient error: %s", exc)
+                time.sleep(0.1)
+                self._check_link(poller)
         return self._shutdown()
+
+    def _iterate(self, poller: select.poll) -> None:
+        for fd, revents in poller.poll(self._poll_timeout_ms()):
+            if fd == self._wake_r.fileno():
+                self._handle_signals(poller)
+            elif self.capture is not None and fd == self.capture.fileno():
+                self._on_capture_ready(revents, poller)
+        now = time.monotonic()
+        self._perform(self.engine.tick(now))
+        self._housekeeping(now, poller)
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
