@@ -11,11 +11,17 @@ import pytest
 from tportknockd import state
 from tportknockd.daemon import Daemon, Options
 from tportknockd.engine import RunStop
-from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet
+from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
 
 A = "198.51.100.7"
-EVENT = Event("ssh", (Frame(PROTO_UDP, 1, None), Frame(PROTO_UDP, 2, None)), 10.0,
-              "open %IP%", "close %IP%", 30.0)
+EVENT = Event(
+    "ssh",
+    (Frame(PROTO_UDP, 1, None), Frame(PROTO_UDP, 2, None)),
+    10.0,
+    "open %IP%",
+    "close %IP%",
+    30.0,
+)
 
 
 class RecordingRunner:
@@ -35,15 +41,21 @@ class RecordingRunner:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
-    d = Daemon(Config("t.conf", (EVENT,)),
-               Options("t.conf", "knk0", state_file=str(tmp_path / "doors.json")))
+    d = Daemon(
+        Config("t.conf", (EVENT,)),
+        Options("t.conf", "knk0", state_file=str(tmp_path / "doors.json")),
+    )
     d.runner = RecordingRunner(tmp_path / "doors.json")  # type: ignore[assignment]
     return d
 
 
 def knock(d: Daemon, now: float) -> None:
     for port in (1, 2):
-        d._perform(d.engine.feed(Packet(A, "198.51.100.1", PROTO_UDP, port, 0), now))
+        d._perform(
+            d.engine.feed(
+                Packet(address_bytes(A), address_bytes("198.51.100.1"), PROTO_UDP, port, 0), now
+            )
+        )
 
 
 def test_door_is_recorded_before_start_command_runs(daemon: Daemon) -> None:
@@ -62,17 +74,21 @@ def test_door_is_forgotten_once_its_stop_has_run(daemon: Daemon, tmp_path: Path)
 
 def test_restore_closes_due_doors_and_reschedules_the_rest(daemon: Daemon, tmp_path: Path) -> None:
     now = time.time()
-    state.save(str(tmp_path / "doors.json"), [
-        state.SavedDoor("ssh", A, now - 5, "close %IP%", 30),
-        state.SavedDoor("ssh", "2001:db8::7", now + 20, "close %IP%", 30),
-    ])
+    state.save(
+        str(tmp_path / "doors.json"),
+        [
+            state.SavedDoor("ssh", A, now - 5, "close %IP%", 30),
+            state.SavedDoor("ssh", "2001:db8::7", now + 20, "close %IP%", 30),
+        ],
+    )
     daemon.restore_doors()
     assert daemon.runner.calls == [("stop", A, [A, "2001:db8::7"])]  # type: ignore[attr-defined]
     assert [d.address for d in state.load(str(tmp_path / "doors.json"))] == ["2001:db8::7"]
     doors = daemon.engine.open_doors()
     assert [(d.address, round(d.due - time.monotonic())) for d in doors] == [("2001:db8::7", 20)]
-    assert daemon.engine.tick(time.monotonic() + 21) == [RunStop("ssh", "2001:db8::7",
-                                                                 "close %IP%")]
+    assert daemon.engine.tick(time.monotonic() + 21) == [
+        RunStop("ssh", "2001:db8::7", "close %IP%")
+    ]
 
 
 def test_shutdown_closes_everything_and_empties_the_record(daemon: Daemon, tmp_path: Path) -> None:
@@ -87,8 +103,10 @@ def test_unwritable_state_file_is_logged_and_the_door_still_works(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    d = Daemon(Config("t.conf", (EVENT,)),
-               Options("t.conf", "knk0", state_file=str(blocker / "doors.json")))
+    d = Daemon(
+        Config("t.conf", (EVENT,)),
+        Options("t.conf", "knk0", state_file=str(blocker / "doors.json")),
+    )
     calls: list[object] = []
     d.runner.run = lambda *a: calls.append(a)  # type: ignore[method-assign]
     knock(d, time.monotonic())

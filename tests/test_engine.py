@@ -27,6 +27,7 @@ from tportknockd.model import (
     Event,
     Frame,
     Packet,
+    address_bytes,
 )
 
 A = "198.51.100.7"
@@ -63,7 +64,7 @@ def pkt(frame: Frame, src: str = A, flags: int | None = None) -> Packet:
         flags = frame.flags if frame.flags is not None else 0
     if frame.protocol == PROTO_UDP:
         flags = 0
-    return Packet(src, HOST, frame.protocol, frame.port, flags)
+    return Packet(address_bytes(src), address_bytes(HOST), frame.protocol, frame.port, flags)
 
 
 def knock(e: Engine, frames: list[Frame], src: str = A, t0: float = 0.0, dt: float = 0.1) -> list:
@@ -340,7 +341,13 @@ def test_engine_agrees_with_literal_reading_of_rules(frames, steps) -> None:
     seq = []
     for f, flags, dt in steps:
         now += dt
-        p = Packet(A, HOST, f.protocol, f.port, flags if f.protocol == PROTO_TCP else 0)
+        p = Packet(
+            address_bytes(A),
+            address_bytes(HOST),
+            f.protocol,
+            f.port,
+            flags if f.protocol == PROTO_TCP else 0,
+        )
         seq.append((p, now))
     fired = sum(len(starts(e.feed(p, t))) for p, t in seq)
     assert fired == _reference(frames, 5.0, seq)

@@ -21,7 +21,7 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
-from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet
+from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet, address_bytes
 from tportknockd.packet import MAX_IPV6_EXT_HEADERS, parse_ethernet, parse_ip
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -128,12 +128,13 @@ def expected(raw: bytes, built: ScapyPacket) -> Packet:
     ip_layer = next(layer for layer in dissected.iterpayloads() if isinstance(layer, (IP, IPv6)))
     l4 = built if AH in built else dissected
     if TCP in l4:
-        return Packet(ip_layer.src, ip_layer.dst, PROTO_TCP, l4[TCP].dport, int(l4[TCP].flags))
-    return Packet(ip_layer.src, ip_layer.dst, PROTO_UDP, l4[UDP].dport, 0)
+        return packed(ip_layer.src, ip_layer.dst, PROTO_TCP, l4[TCP].dport, int(l4[TCP].flags))
+    return packed(ip_layer.src, ip_layer.dst, PROTO_UDP, l4[UDP].dport, 0)
 
 
-def canonical(address: str) -> str:
-    return str(ipaddress.ip_address(address))
+def packed(src: str, dst: str, protocol: int, port: int, flags: int) -> Packet:
+    """The Packet the parser gives for these fields: addresses stay as the header has them."""
+    return Packet(address_bytes(src), address_bytes(dst), protocol, port, flags)
 
 
 def l4_min_end(raw: bytes, built: ScapyPacket) -> int:
@@ -150,7 +151,7 @@ def test_parse_ethernet_agrees_with_scapy(frame: ScapyPacket) -> None:
     want = expected(raw, frame)
     got = parse_ethernet(raw)
     assert got == want
-    assert got.src == canonical(got.src) and got.dst == canonical(got.dst)
+    assert len(got.src) == len(got.dst) in (4, 16)
 
 
 @FAST
@@ -213,11 +214,11 @@ def eth(layer: ScapyPacket) -> bytes:
 
 def test_ipv4_tcp_all_flags() -> None:
     got = parse_ethernet(eth(IP(**V4) / TCP(dport=123, flags=0xFF)))
-    assert got == Packet("198.51.100.2", "198.51.100.1", PROTO_TCP, 123, 0xFF)
+    assert got == packed("198.51.100.2", "198.51.100.1", PROTO_TCP, 123, 0xFF)
 
 
 def test_ipv4_udp_has_zero_flags() -> None:
-    assert parse_ethernet(eth(IP(**V4) / UDP(dport=1234))) == Packet(
+    assert parse_ethernet(eth(IP(**V4) / UDP(dport=1234))) == packed(
         "198.51.100.2", "198.51.100.1", PROTO_UDP, 1234, 0)
 
 
@@ -256,7 +257,7 @@ def test_ethernet_padding_after_short_datagram() -> None:
 
 def test_ipv4_options_are_skipped() -> None:
     raw = eth(IP(**V4, options=[IPOption_Router_Alert()] * 3) / TCP(dport=7, flags="FA"))
-    assert parse_ethernet(raw) == Packet(V4["src"], V4["dst"], PROTO_TCP, 7, 0x11)
+    assert parse_ethernet(raw) == packed(V4["src"], V4["dst"], PROTO_TCP, 7, 0x11)
 
 
 def test_version_must_match_ethertype() -> None:
@@ -282,7 +283,7 @@ def test_ipv6_non_first_fragment_is_ignored() -> None:
 
 def test_ipv6_first_fragment_is_parsed() -> None:
     raw = eth(IPv6(**V6) / IPv6ExtHdrFragment(offset=0, m=1) / TCP(dport=80, flags="R"))
-    assert parse_ethernet(raw) == Packet(V6["src"], V6["dst"], PROTO_TCP, 80, 0x04)
+    assert parse_ethernet(raw) == packed(V6["src"], V6["dst"], PROTO_TCP, 80, 0x04)
 
 
 def test_ipv6_esp_is_ignored() -> None:
@@ -327,12 +328,12 @@ def test_ipv6_payload_length_bounds_the_extension_walk() -> None:
 def test_ipv6_addresses_are_compressed() -> None:
     got = parse_ethernet(eth(IPv6(src="2001:0db8:0000:0000:0000:0000:0000:0002",
                                   dst="2001:db8:0:1::1") / UDP(dport=9)))
-    assert got == Packet("2001:db8::2", "2001:db8:0:1::1", PROTO_UDP, 9, 0)
+    assert got == packed("2001:db8::2", "2001:db8:0:1::1", PROTO_UDP, 9, 0)
 
 
 def test_parse_ip_versions() -> None:
-    assert parse_ip(bytes(IP(**V4) / UDP(dport=1))) == Packet(*V4.values(), PROTO_UDP, 1, 0)
-    assert parse_ip(bytes(IPv6(**V6) / UDP(dport=1))) == Packet(*V6.values(), PROTO_UDP, 1, 0)
+    assert parse_ip(bytes(IP(**V4) / UDP(dport=1))) == packed(*V4.values(), PROTO_UDP, 1, 0)
+    assert parse_ip(bytes(IPv6(**V6) / UDP(dport=1))) == packed(*V6.values(), PROTO_UDP, 1, 0)
     assert parse_ip(b"\x50" + b"\x00" * 60) is None
     assert parse_ip(b"") is None
 
@@ -349,5 +350,5 @@ def test_offset_and_length_out_of_range() -> None:
 def test_every_flag_byte(flags: int) -> None:
     for layer, addrs in ((IP(**V4), V4), (IPv6(**V6), V6)):
         raw = bytes(Ether(**MACS) / Dot1Q() / layer / TCP(dport=2345, flags=flags))
-        assert parse_ethernet(raw) == Packet(addrs["src"], addrs["dst"], PROTO_TCP, 2345, flags)
+        assert parse_ethernet(raw) == packed(addrs["src"], addrs["dst"], PROTO_TCP, 2345, flags)
         assert Ether(raw)[TCP].flags == flags

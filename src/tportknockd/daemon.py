@@ -33,7 +33,14 @@ from tportknockd.engine import (
     RunStart,
     RunStop,
 )
-from tportknockd.model import PROTOCOL_NAMES, Config, Packet, describe_flags
+from tportknockd.model import (
+    PROTOCOL_NAMES,
+    Config,
+    Packet,
+    address_bytes,
+    address_text,
+    describe_flags,
+)
 
 log = logging.getLogger("tportknockd")
 
@@ -84,6 +91,7 @@ class Daemon:
         self.ifindex = 0
         self.link_up = True
         self.local: frozenset[str] = frozenset()
+        self._local_packed: frozenset[bytes] = frozenset()  # the same, as packets carry them
         self._signals: list[int] = []
         self._stopping = False
         self._empty_wakeups = 0
@@ -110,7 +118,7 @@ class Daemon:
             raise StartupError(f"cannot build the kernel filter: {exc}") from None
 
     def _open_capture(self, link: netif.Interface) -> None:
-        self.local = frozenset(link.addresses)
+        self._set_local(link.addresses)
         self.capture = Capture(link.name, self._program())
         self.ifindex = link.index
         self.link_up = link.up
@@ -209,7 +217,8 @@ class Daemon:
     def _read_packets(self) -> int:
         assert self.capture is not None
         now = time.monotonic()
-        engine, counters, local, debug = self.engine, self.counters, self.local, self.options.debug
+        engine, counters, debug = self.engine, self.counters, self.options.debug
+        local = self._local_packed
         seen = 0
         for packet in self.capture.packets():
             seen += 1
@@ -390,12 +399,17 @@ class Daemon:
             ", ".join(sorted(self.local)) or "none",
             ", ".join(sorted(new)) or "none",
         )
-        self.local = new
+        self._set_local(new)
         if self.capture is not None:
             try:
                 self.capture.set_filter(self._program())
             except ValueError as exc:
                 log.error("kernel filter for the new addresses: %s; keeping the old filter", exc)
+
+    def _set_local(self, addresses: Iterable[str]) -> None:
+        # Zones (fe80::1%eth0) are not part of the address a packet carries.
+        self.local = frozenset(a.split("%", 1)[0] for a in addresses)
+        self._local_packed = frozenset(address_bytes(a) for a in self.local)
 
     def _read_kernel_statistics(self) -> None:
         if self.capture is None:
@@ -520,7 +534,8 @@ def notify_systemd(message: str) -> bool:
 def _describe_packet(packet: Packet) -> str:
     proto = PROTOCOL_NAMES.get(packet.protocol, str(packet.protocol))
     flags = f" {describe_flags(packet.flags)}" if proto == "tcp" else ""
-    return f"{packet.src} -> {packet.dst} {proto}/{packet.port}{flags}"
+    source, destination = address_text(packet.src), address_text(packet.dst)
+    return f"{source} -> {destination} {proto}/{packet.port}{flags}"
 
 
 def _delay_of(config: Config, name: str) -> float | None:

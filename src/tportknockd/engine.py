@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from tportknockd.model import PROTO_TCP, Config, Event, Packet
+from tportknockd.model import PROTO_TCP, Config, Event, Packet, address_text
 
 DEFAULT_MAX_ATTEMPTS = 65536
 
@@ -137,8 +137,8 @@ class Engine:
     config: Config
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     trace: bool = False
-    # Per event index: source -> attempt, in the order attempts started (oldest first).
-    _attempts: list[dict[str, _Attempt]] = field(init=False, repr=False)
+    # Per event index: packed source -> attempt, in the order attempts started (oldest first).
+    _attempts: list[dict[bytes, _Attempt]] = field(init=False, repr=False)
     _table: dict[tuple[int, int, int], tuple[tuple[int, int], ...]] = field(init=False, repr=False)
     _attempt_count: int = field(init=False, default=0)
     _doors: dict[tuple[str, str], Door] = field(init=False, default_factory=dict)
@@ -166,7 +166,7 @@ class Engine:
             self._step(ev_index, mask, packet.src, now, actions)
         return actions
 
-    def _step(self, ev_index: int, mask: int, src: str, now: float, out: list[Action]) -> None:
+    def _step(self, ev_index: int, mask: int, src: bytes, now: float, out: list[Action]) -> None:
         event = self.config.events[ev_index]
         attempts = self._attempts[ev_index]
         attempt = attempts.get(src)
@@ -193,7 +193,9 @@ class Engine:
             if mask & 1:
                 self._start(ev_index, event, src, now, out)
 
-    def _start(self, ev_index: int, event: Event, src: str, now: float, out: list[Action]) -> None:
+    def _start(
+        self, ev_index: int, event: Event, src: bytes, now: float, out: list[Action]
+    ) -> None:
         if len(event.frames) == 1:
             self._fire(event, src, now, out)
             return
@@ -203,12 +205,12 @@ class Engine:
         self._attempt_count += 1
         self._note(out, event, src, "started", 1)
 
-    def _drop(self, attempts: dict[str, _Attempt], src: str) -> None:
+    def _drop(self, attempts: dict[bytes, _Attempt], src: bytes) -> None:
         del attempts[src]
         self._attempt_count -= 1
 
     def _evict_oldest(self, out: list[Action]) -> None:
-        oldest: tuple[float, int, str] | None = None
+        oldest: tuple[float, int, bytes] | None = None
         for ev_index, attempts in enumerate(self._attempts):
             if attempts:
                 src, attempt = next(iter(attempts.items()))
@@ -221,26 +223,29 @@ class Engine:
         self._drop(self._attempts[ev_index], src)
         self._note(out, self.config.events[ev_index], src, "evicted", matched)
 
-    def _note(self, out: list[Action], event: Event, src: str, what: str, step: int) -> None:
+    def _note(self, out: list[Action], event: Event, src: bytes, what: str, step: int) -> None:
         if self.trace:
-            out.append(Progress(event.name, src, what, step, len(event.frames)))
+            out.append(Progress(event.name, address_text(src), what, step, len(event.frames)))
 
     # -- doors ----------------------------------------------------------------------------
 
-    def _fire(self, event: Event, src: str, now: float, out: list[Action]) -> None:
+    def _fire(self, event: Event, src: bytes, now: float, out: list[Action]) -> None:
+        address = address_text(src)
         if event.stop_command is None or event.command_delay is None:
-            out.append(RunStart(event.name, src, event.start_command))
+            out.append(RunStart(event.name, address, event.start_command))
             return
         due = now + event.command_delay
-        key = (event.name, src)
+        key = (event.name, address)
         door = self._doors.get(key)
         if door is None:
-            self._doors[key] = Door(event.name, src, due, event.stop_command, event.command_delay)
-            out.append(RunStart(event.name, src, event.start_command))
+            self._doors[key] = Door(
+                event.name, address, due, event.stop_command, event.command_delay
+            )
+            out.append(RunStart(event.name, address, event.start_command))
         else:
             door.due = due
-            out.append(DoorExtended(event.name, src, due))
-        heapq.heappush(self._stop_heap, (due, event.name, src))
+            out.append(DoorExtended(event.name, address, due))
+        heapq.heappush(self._stop_heap, (due, event.name, address))
 
     def open_doors(self) -> list[Door]:
         """The doors whose stop_command is pending, soonest first (for persistence, logs)."""

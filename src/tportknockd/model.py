@@ -7,6 +7,7 @@ them, capture produces `Packet`s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import NamedTuple
 
 # TCP flag bits as they sit in byte 13 of the TCP header.
@@ -99,12 +100,28 @@ class Config:
 class Packet(NamedTuple):
     """The parts of a received packet that knocking cares about.
 
-    `src` and `dst` are addresses in their canonical text form (IPv6 compressed), as produced
-    by `socket.inet_ntop`; `flags` is the TCP flag byte, 0 for UDP.
+    `src` and `dst` are the addresses as they sit in the header (4 bytes for IPv4, 16 for
+    IPv6): formatting them costs more than the rest of the parsing, and only the address of a
+    host whose knock fires ever needs its text (`address_text`). `port` is the destination
+    port, `flags` the TCP flag byte, 0 for UDP.
     """
 
-    src: str
-    dst: str
+    src: bytes
+    dst: bytes
     protocol: int
     port: int
     flags: int
+
+
+def address_text(packed: bytes) -> str:
+    """Canonical text of a packed IPv4/IPv6 address (IPv6 compressed, as inet_ntop writes)."""
+    return inet_ntop(AF_INET6 if len(packed) == 16 else AF_INET, packed)
+
+
+def address_bytes(text: str) -> bytes:
+    """The packed form of an address in text; ValueError when it is none."""
+    family = AF_INET6 if ":" in text else AF_INET
+    try:
+        return inet_pton(family, text)
+    except OSError:
+        raise ValueError(f"not an IP address: {text!r}") from None

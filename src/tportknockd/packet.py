@@ -1,16 +1,16 @@
 """Pull the knock-relevant fields (addresses, protocol, destination port, TCP flags) out of a frame.
 
 This runs for every captured packet, so it reads fields with precompiled structs, allocates
-nothing but the result, and answers None (never raises) for anything it cannot or should not
-read: truncated or malformed headers, non-first fragments, ESP, unknown IPv6 extension headers.
-Payloads are never needed, so a short snap length is fine.
+nothing but the result (addresses stay packed: see model.Packet), and answers None (never
+raises) for anything it cannot or should not read: truncated or malformed headers, non-first
+fragments, ESP, unknown IPv6 extension headers. Payloads are never needed, so a short snap
+length is fine.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from socket import AF_INET, AF_INET6, inet_ntop
 from typing import TypeAlias
 
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet
@@ -47,6 +47,11 @@ _IPV6_EXT = struct.Struct("!B B")  # next header, length
 _IPV6_FRAG = struct.Struct("!B x H")  # next header, offset/flags
 _IPV6_FRAG_LEN = 8
 
+# The common case in one read: an untagged Ethernet frame with an option-less IPv4 header
+# (ethertype, version/IHL, total length, flags/fragment offset, protocol, source, destination).
+_ETH_IPV4_PLAIN = struct.Struct("!12x H B x H 2x H x B 2x 4s 4s")
+_PLAIN_VER_IHL = 0x45
+
 # destination port and the flag byte (byte 13); the rest of the header is not needed
 _TCP = struct.Struct("!2x H 9x B")
 _UDP = struct.Struct("!2x H")
@@ -55,6 +60,15 @@ _UDP = struct.Struct("!2x H")
 def parse_ethernet(buf: Buffer, offset: int = 0, length: int | None = None) -> Packet | None:
     """Parse an Ethernet II frame (at most two VLAN tags) carrying IPv4 or IPv6 TCP/UDP."""
     end = _end_of(buf, offset, length)
+    if offset >= 0 and offset + _ETH_IPV4_PLAIN.size <= end:
+        ethertype, ver_ihl, total_len, frag, protocol, src, dst = _ETH_IPV4_PLAIN.unpack_from(
+            buf, offset
+        )
+        if ethertype == ETH_P_IP and ver_ihl == _PLAIN_VER_IHL:
+            if frag & 0x1FFF or total_len < 20:
+                return None
+            ip_start = offset + _ETH_HEADER_LEN
+            return _parse_l4(buf, ip_start + 20, min(end, ip_start + total_len), protocol, src, dst)
     pos = offset + 12
     if offset < 0 or pos + 2 > end:
         return None
@@ -104,7 +118,7 @@ def _parse_ipv4(buf: Buffer, pos: int, end: int) -> Packet | None:
         return None  # only the first fragment carries the ports
     # Ethernet padding may follow the datagram and the snap length may cut it: honour both.
     l4_end = min(end, pos + total_len)
-    return _parse_l4(buf, pos + header_len, l4_end, protocol, AF_INET, src, dst)
+    return _parse_l4(buf, pos + header_len, l4_end, protocol, src, dst)
 
 
 def _parse_ipv6(buf: Buffer, pos: int, end: int) -> Packet | None:
@@ -117,7 +131,7 @@ def _parse_ipv6(buf: Buffer, pos: int, end: int) -> Packet | None:
     pos += _IPV6.size
     for _ in range(MAX_IPV6_EXT_HEADERS + 1):
         if next_header in (PROTO_TCP, PROTO_UDP):
-            return _parse_l4(buf, pos, l4_end, next_header, AF_INET6, src, dst)
+            return _parse_l4(buf, pos, l4_end, next_header, src, dst)
         if next_header in _IPV6_GENERIC_EXT:
             if pos + _IPV6_EXT.size > l4_end:
                 return None
@@ -141,7 +155,7 @@ def _parse_ipv6(buf: Buffer, pos: int, end: int) -> Packet | None:
 
 
 def _parse_l4(
-    buf: Buffer, pos: int, end: int, protocol: int, family: int, src: bytes, dst: bytes
+    buf: Buffer, pos: int, end: int, protocol: int, src: bytes, dst: bytes
 ) -> Packet | None:
     if protocol == PROTO_TCP:
         if pos + _TCP.size > end:
@@ -154,4 +168,4 @@ def _parse_l4(
         flags = 0
     else:
         return None
-    return Packet(inet_ntop(family, src), inet_ntop(family, dst), protocol, port, flags)
+    return Packet(src, dst, protocol, port, flags)
