@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _dispatch(args)
     except UsageError as exc:
-        print(f"tportknockd: {exc}\n{USAGE}", file=sys.stderr)
+        print(f"tportknockd: {exc} (see tportknockd -h)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
