@@ -44,7 +44,8 @@ from tportknockd.model import (
 
 log = logging.getLogger("tportknockd")
 
-IDLE_WAKEUP = 5.0  # seconds: the longest sleep, so kernel drop counters are read now and then
+IDLE_WAKEUP = 5.0  # seconds: the longest sleep
+STATISTICS_INTERVAL = 5.0  # seconds between reads of the kernel's drop counters
 LINK_CHECK = 1.0  # seconds between checks while the interface is down or missing
 STOP_GRACE = 10.0  # seconds to wait at exit for the last stop commands to finish
 _EMPTY_WAKEUPS_BEFORE_CHECK = 50  # POLLIN with nothing to read: a deleted interface's sign
@@ -97,6 +98,7 @@ class Daemon:
         self._empty_wakeups = 0
         self._next_refresh = 0.0
         self._next_link_check = 0.0
+        self._next_statistics = 0.0
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- start-up -------------------------------------------------------------------------
@@ -176,19 +178,22 @@ class Daemon:
         return self._shutdown()
 
     def _iterate(self, poller: select.poll) -> None:
-        for fd, revents in poller.poll(self._poll_timeout_ms()):
+        # Under a flood this runs once per ring block (every millisecond or so): everything
+        # besides reading packets is a timestamp comparison unless it is due.
+        now = time.monotonic()
+        deadline = self.engine.next_deadline()
+        if deadline is not None and deadline <= now:
+            self._perform(self.engine.tick(now))
+            deadline = self.engine.next_deadline()
+        self._housekeeping(now, poller)
+        for fd, revents in poller.poll(self._poll_timeout_ms(now, deadline)):
             if fd == self._wake_r.fileno():
                 self._handle_signals(poller)
             elif self.capture is not None and fd == self.capture.fileno():
                 self._on_capture_ready(revents, poller)
-        now = time.monotonic()
-        self._perform(self.engine.tick(now))
-        self._housekeeping(now, poller)
 
-    def _poll_timeout_ms(self) -> int:
-        now = time.monotonic()
-        wake = now + IDLE_WAKEUP
-        deadline = self.engine.next_deadline()
+    def _poll_timeout_ms(self, now: float, deadline: float | None) -> int:
+        wake = min(now + IDLE_WAKEUP, self._next_statistics)
         if deadline is not None:
             wake = min(wake, deadline)
         if self.options.refresh:
@@ -347,7 +352,9 @@ class Daemon:
             self._check_link(poller)
         elif (self.capture is None or not self.link_up) and now >= self._next_link_check:
             self._check_link(poller)
-        self._read_kernel_statistics()
+        if now >= self._next_statistics:
+            self._next_statistics = now + STATISTICS_INTERVAL
+            self._read_kernel_statistics()
 
     def _check_link(self, poller: select.poll) -> None:
         """Compare the interface with what we know; follow it down, away, back, re-addressed."""

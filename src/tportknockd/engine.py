@@ -38,6 +38,7 @@ attempt is evicted. Expired attempts are swept by `tick` without waiting for tra
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -138,7 +139,9 @@ class Engine:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     trace: bool = False
     # Per event index: packed source -> attempt, in the order attempts started (oldest first).
-    _attempts: list[dict[bytes, _Attempt]] = field(init=False, repr=False)
+    # OrderedDict, not dict: a plain dict used as a FIFO makes `next(iter(d))` walk over every
+    # entry deleted since its last resize, which turned a spoofed flood quadratic.
+    _attempts: list[OrderedDict[bytes, _Attempt]] = field(init=False, repr=False)
     _table: dict[tuple[int, int, int], tuple[tuple[int, int], ...]] = field(init=False, repr=False)
     _attempt_count: int = field(init=False, default=0)
     _doors: dict[tuple[str, str], Door] = field(init=False, default_factory=dict)
@@ -151,7 +154,7 @@ class Engine:
     def _install(self, config: Config) -> None:
         self.config = config
         self._table = _frame_masks(config)
-        self._attempts = [{} for _ in config.events]
+        self._attempts = [OrderedDict() for _ in config.events]
         self._attempt_count = 0
 
     # -- packets --------------------------------------------------------------------------
@@ -205,7 +208,7 @@ class Engine:
         self._attempt_count += 1
         self._note(out, event, src, "started", 1)
 
-    def _drop(self, attempts: dict[bytes, _Attempt], src: bytes) -> None:
+    def _drop(self, attempts: OrderedDict[bytes, _Attempt], src: bytes) -> None:
         del attempts[src]
         self._attempt_count -= 1
 
