@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ long options:
   --max-attempts N        knock attempts in progress kept at most (default {DEFAULT_MAX_ATTEMPTS})
   --max-commands N        commands running at once at most (default {DEFAULT_MAX_RUNNING})
   --command-timeout SEC   kill a command that runs longer (default {DEFAULT_TIME_LIMIT:g})
+  --ring-size MIB         capture ring size in MiB (default 2; more absorbs longer bursts)
   --state-file FILE       where open doors are recorded to survive a crash
                           (default {DEFAULT_STATE_FILE}; 'none' to keep no record)
   --version               print the version
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-commands", type=_count, default=DEFAULT_MAX_RUNNING)
     p.add_argument("--command-timeout", type=_positive, default=DEFAULT_TIME_LIMIT)
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
+    p.add_argument("--ring-size", type=_count, default=2)
     p.add_argument("--version", action="store_true")
     return p
 
@@ -180,6 +181,7 @@ def serve(args: argparse.Namespace) -> int:
         max_commands=args.max_commands,
         command_time_limit=args.command_timeout,
         state_file=None if args.state_file == "none" else args.state_file,
+        ring_mib=args.ring_size,
     )
     daemon = Daemon(config, options)
     try:
@@ -209,10 +211,11 @@ def _setup_logging(debug: bool, log_file: str | None, to_syslog: bool) -> None:
         to_file.setFormatter(stamped)
         handlers.append(to_file)
     if to_syslog:
+        # Only daemons log to syslog: spare the foreground 3 MB of imports.
+        from logging.handlers import SysLogHandler
+
         if os.path.exists("/dev/log"):
-            syslog = logging.handlers.SysLogHandler(
-                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
-            )
+            syslog = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
             syslog.setFormatter(logging.Formatter("tportknockd[%(process)d]: %(message)s"))
             handlers.append(syslog)
     else:

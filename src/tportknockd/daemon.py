@@ -9,6 +9,7 @@ worker threads (see actions), so nothing here waits for them.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from tportknockd import filter as bpf
 from tportknockd import netif, state
 from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
-from tportknockd.capture import Capture
+from tportknockd.capture import Capture, RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.engine import (
     DEFAULT_MAX_ATTEMPTS,
@@ -61,6 +62,7 @@ class Options:
     max_commands: int = DEFAULT_MAX_RUNNING
     command_time_limit: float = DEFAULT_TIME_LIMIT
     state_file: str | None = state.DEFAULT_STATE_FILE
+    ring_mib: int = 2
 
 
 @dataclass
@@ -121,7 +123,9 @@ class Daemon:
 
     def _open_capture(self, link: netif.Interface) -> None:
         self._set_local(link.addresses)
-        self.capture = Capture(link.name, self._program())
+        self.capture = Capture(
+            link.name, self._program(), RingGeometry.of_size(self.options.ring_mib)
+        )
         self.ifindex = link.index
         self.link_up = link.up
         log.info(
@@ -154,6 +158,9 @@ class Daemon:
         """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
         self._install_signal_handlers()
         self.restore_doors()
+        # What start-up built lives as long as the daemon: keep it out of every later
+        # collection, so collections stay short while floods churn through attempts.
+        gc.freeze()
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         if self.capture is not None:
