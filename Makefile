@@ -1,9 +1,9 @@
-# tportknockd: `make test` (what CI runs), `make demo`, `make lint`, `make fuzz`.
+# tportknockd: `make test` (what CI runs), `make demo`, `make bench`, `make fuzz`, `make lint`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup deps test unit e2e lint demo fuzz clean
+.PHONY: setup deps test unit e2e lint demo fuzz bench clean
 
 # System packages the tests and the demo use (Debian); a no-op when they are there.
 deps:
@@ -31,6 +31,11 @@ e2e: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# tportknockd and knockd side by side (root; installs knockd, hping3, trafgen, tcpdump,
+# matplotlib). Writes bench/results/latest.{md,json,png}. BENCH_ARGS=--quick for a short run.
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # Generated and mutated packets and configs against the parsers (EXAMPLES per parser).
 EXAMPLES ?= 25000
