@@ -97,3 +97,13 @@ def test_runner_does_not_block_the_caller_and_bounds_concurrency(tmp_path: Path)
     elapsed = time.monotonic() - started
     assert elapsed >= 0.55  # two at a time: two rounds of 0.3 s
     assert sorted((tmp_path / "log").read_text().split()) == ["0", "1", "2", "3"]
+
+
+def test_stop_never_overtakes_its_start(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    runner = CommandRunner(max_running=2)  # room for both: only the key keeps them in order
+    door = ("ssh", "198.51.100.7")
+    runner.run("start", f"sleep 0.2; echo start >> {log}", "198.51.100.7", key=door)
+    runner.run("stop", f"echo stop >> {log}", "198.51.100.7", key=door)
+    assert runner.wait(10)
+    assert log.read_text().split() == ["start", "stop"]

@@ -31,7 +31,7 @@ class RecordingRunner:
         self.state_file = state_file
         self.calls: list[tuple[str, str, list[str]]] = []
 
-    def run(self, label: str, command: str, address: str) -> None:
+    def run(self, label: str, command: str, address: str, key: object = None) -> None:
         doors = [d.address for d in state.load(str(self.state_file))]
         self.calls.append((label.split()[-1], address, doors))
 
@@ -108,7 +108,7 @@ def test_unwritable_state_file_is_logged_and_the_door_still_works(
         Options("t.conf", "knk0", state_file=str(blocker / "doors.json")),
     )
     calls: list[object] = []
-    d.runner.run = lambda *a: calls.append(a)  # type: ignore[method-assign]
+    d.runner.run = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
     knock(d, time.monotonic())
     assert "cannot record open doors" in caplog.text
     # The door opened although it could not be recorded.

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Hashable
 
 log = logging.getLogger("tportknockd")
 
@@ -54,27 +55,46 @@ class CommandRunner:
         self.shell = shell
         self._slots = threading.BoundedSemaphore(max_running)
         self._threads: set[threading.Thread] = set()
+        self._last_of: dict[Hashable, threading.Thread] = {}
         self._lock = threading.Lock()
 
-    def run(self, label: str, command: str, address: str) -> None:
-        """Start `command` for `address` in the background; `label` names it in the log."""
+    def run(self, label: str, command: str, address: str, key: Hashable | None = None) -> None:
+        """Start `command` for `address` in the background; `label` names it in the log.
+
+        Commands with the same `key` (a door: event and address) run one after the other, in
+        the order given: a stop_command never overtakes its start_command, even when the start
+        still waits for a free slot or runs long.
+        """
         line = expand(command, address)
-        worker = threading.Thread(
-            target=self._run, args=(label, line), name=f"cmd {label}", daemon=True
-        )
         with self._lock:
+            previous = self._last_of.get(key) if key is not None else None
+            worker = threading.Thread(
+                target=self._run,
+                args=(label, line, previous, key),
+                name=f"cmd {label}",
+                daemon=True,
+            )
+            if key is not None:
+                self._last_of[key] = worker
             self._threads.add(worker)
         worker.start()
 
-    def _run(self, label: str, line: str) -> None:
+    def _run(
+        self, label: str, line: str, previous: threading.Thread | None, key: Hashable | None
+    ) -> None:
         try:
+            if previous is not None:
+                previous.join()
             with self._slots:
                 self._execute(label, line)
         except Exception:  # a failing command must never take the daemon down
             log.exception("%s: could not run %r", label, line)
         finally:
             with self._lock:
-                self._threads.discard(threading.current_thread())
+                me = threading.current_thread()
+                self._threads.discard(me)
+                if key is not None and self._last_of.get(key) is me:
+                    del self._last_of[key]
 
     def _execute(self, label: str, line: str) -> None:
         log.info("%s: running: %s", label, line)

@@ -126,9 +126,11 @@ class Capture:
         """Swap the kernel filter (atomic in the kernel)."""
         bpf.attach(self._sock, program)
 
-    def packets(self) -> Iterator[Packet | None]:
-        """Every packet of every block the kernel has handed over, in order.
+    def packets(self, max_blocks: int = 32) -> Iterator[Packet | None]:
+        """The packets of the blocks the kernel has handed over, in order, at most `max_blocks`.
 
+        The bound matters under a flood: the kernel refills the ring as fast as we empty it,
+        and the caller must get back to its timers (pending stops) and signals in between.
         Yields None for a packet that is no well-formed TCP/UDP packet (the caller counts it).
         Packets not addressed to this host (outgoing, broadcast, another host's) are skipped
         and counted in `not_for_us`. Each block is given back once its packets are read.
@@ -136,7 +138,7 @@ class Capture:
         ring = self._ring
         block_size = self.geometry.block_size
         block_count = self.geometry.block_count
-        while True:
+        for _ in range(max_blocks):
             base = self._block * block_size
             status, count, offset = _BLOCK_HEADER.unpack_from(ring, base + _BLOCK_HEADER_OFFSET)
             if not status & TP_STATUS_USER:

@@ -272,11 +272,19 @@ class Daemon:
             self.counters.fired += 1
             log.info("%s: knock from %s accepted: opening", action.event, action.address)
             self.runner.run(
-                f"{action.event} {action.address} start", action.command, action.address
+                f"{action.event} {action.address} start",
+                action.command,
+                action.address,
+                key=(action.event, action.address),
             )
         elif isinstance(action, RunStop):
             log.info("%s: closing for %s", action.event, action.address)
-            self.runner.run(f"{action.event} {action.address} stop", action.command, action.address)
+            self.runner.run(
+                f"{action.event} {action.address} stop",
+                action.command,
+                action.address,
+                key=(action.event, action.address),
+            )
         elif isinstance(action, DoorExtended):
             log.info(
                 "%s: knock from %s while open: stop pushed back by %s s",
