@@ -183,6 +183,19 @@ def serve(args: argparse.Namespace) -> int:
         state_file=None if args.state_file == "none" else args.state_file,
         ring_mib=args.ring_size,
     )
+    if args.daemon:
+        running = _running_pid(args.pid_file)
+        if running:
+            print(
+                f"tportknockd: already running as pid {running} ({args.pid_file})", file=sys.stderr
+            )
+            return 1
+        if not args.log_file and not os.path.exists("/dev/log"):
+            print(
+                "tportknockd: warning: no syslog socket /dev/log and no --log-file: "
+                "the daemon's log goes nowhere",
+                file=sys.stderr,
+            )
     daemon = Daemon(config, options)
     try:
         # Everything that can fail for the user fails here, while stderr is still theirs.
@@ -253,6 +266,18 @@ def _detach(pid_file: str) -> None:
     os.close(devnull)
     os.write(write_end, b"1")
     os.close(write_end)
+
+
+def _running_pid(pid_file: str) -> int | None:
+    """The pid in `pid_file` if a tportknockd still runs under it (a stale file is ignored)."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            alive = b"tportknockd" in f.read()
+    except (OSError, ValueError):
+        return None
+    return pid if alive else None
 
 
 def _remove_pid_file(pid_file: str) -> None:

@@ -197,6 +197,14 @@ def test_daemon_mode_detaches_and_stops_by_pid_file(
     daemon.wait_log(r"ready: ")
     daemon.knock(SERVER_V4, *SSH_SEQUENCE.split())
     daemon.wait_action(f"ssh open {CLIENT_V4}")
+    # A second daemon with the same pid file refuses to start: commands would run twice.
+    second = daemon.pair.run(
+        daemon.pair.server,
+        daemon_argv("-c", str(daemon.config), "-i", daemon.pair.server_if, "-D",
+                    "--pid-file", str(pid_file), "--state-file", "none"),
+        env=child_env(), capture_output=True, timeout=30,
+    )
+    assert second.returncode == 1 and f"already running as pid {pid}" in second.stderr
     daemon.signal(signal.SIGTERM)
     assert wait_until(lambda: not process_alive(pid)), "daemon did not end on SIGTERM"
     daemon.wait_log(r"stopped")
