@@ -17,7 +17,7 @@ $(VENV)/installed: pyproject.toml
 setup: deps $(VENV)/installed
 
 lint: setup
-	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff check src tests scripts bench
 	$(PY) -m mypy
 
 test: setup lint

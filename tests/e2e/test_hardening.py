@@ -158,3 +158,24 @@ def test_without_cap_net_raw_one_clear_line(pair: Pair, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"tportknockd: capturing on {pair.server_if} needs root")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_commands_inherit_no_descriptors_and_a_minimal_environment(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    out = tmp_path / "fds"
+    config = (
+        "<ssh>\n sequence = udp:7100 udp:7101\n timeout = 5\n"
+        f" start_command = ls /proc/$$/fd > {out}.tmp; env >> {out}.tmp; mv {out}.tmp {out}\n"
+        "</ssh>\n"
+    )
+    daemon = start_daemon(config)
+    daemon.knock(SERVER_V4, "udp:7100", "udp:7101")
+    assert wait_until(out.exists), daemon.log_text()
+    lines = out.read_text().split()
+    fds = [line for line in lines if line.isdigit()]
+    # stdin (/dev/null), stdout and stderr (the log pipe); the capture socket, the ring and
+    # the daemon's other descriptors never reach a command. (sh may hold one of its own: 10.)
+    assert set(fds) - {"10"} == {"0", "1", "2"}, fds
+    names = {line.split("=", 1)[0] for line in lines if "=" in line}
+    assert names <= {"PATH", "LANG", "PWD", "SHLVL", "_"}, names
