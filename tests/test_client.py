@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
+from addresses import v4_addresses, v6_addresses
 from tportknockd import client
 from tportknockd.client import (
     KnockError,
@@ -36,19 +36,7 @@ from tportknockd.model import ACK, ALL_SIX, FIN, PSH, RST, SYN, URG, Frame
 
 SRC_ROOT = Path(__file__).resolve().parent.parent / "src"
 
-V4_NETS = [ipaddress.ip_network(n) for n in ("198.51.100.0/24", "203.0.113.0/24")]
-V6_NET = ipaddress.ip_network("2001:db8::/32")
 
-
-@st.composite
-def v4_addresses(draw: st.DrawFn) -> str:
-    net = draw(st.sampled_from(V4_NETS))
-    return str(net[draw(st.integers(0, net.num_addresses - 1))])
-
-
-@st.composite
-def v6_addresses(draw: st.DrawFn) -> str:
-    return str(V6_NET[draw(st.integers(0, V6_NET.num_addresses - 1))])
 
 
 address_pairs = st.one_of(st.tuples(v4_addresses(), v4_addresses()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 
 import pytest
@@ -21,26 +20,13 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
+from addresses import v4_addresses, v6_addresses
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet, address_bytes
 from tportknockd.packet import MAX_IPV6_EXT_HEADERS, parse_ethernet, parse_ip
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
-V4_NETS = [ipaddress.ip_network(n) for n in
-           ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")]
-V6_NET = ipaddress.ip_network("2001:db8::/32")
-
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-
-@st.composite
-def v4_addresses(draw: st.DrawFn) -> str:
-    net = draw(st.sampled_from(V4_NETS))
-    return str(net[draw(st.integers(0, net.num_addresses - 1))])
-
-
-@st.composite
-def v6_addresses(draw: st.DrawFn) -> str:
-    return str(V6_NET[draw(st.integers(0, V6_NET.num_addresses - 1))])
 
 
 ports = st.integers(0, 65535)
@@ -68,7 +54,8 @@ def ipv4_options(draw: st.DrawFn) -> list[ScapyPacket]:
 @st.composite
 def ipv4_packets(draw: st.DrawFn) -> ScapyPacket:
     first_fragment = draw(st.sampled_from(["", "MF"]))
-    return IP(src=draw(v4_addresses()), dst=draw(v4_addresses()), flags=first_fragment,
+    addresses = v4_addresses(spoofed=True)
+    return IP(src=draw(addresses), dst=draw(addresses), flags=first_fragment,
               options=draw(ipv4_options())) / draw(l4_layers())
 
 

@@ -271,20 +271,10 @@ class Daemon:
         if isinstance(action, RunStart):
             self.counters.fired += 1
             log.info("%s: knock from %s accepted: opening", action.event, action.address)
-            self.runner.run(
-                f"{action.event} {action.address} start",
-                action.command,
-                action.address,
-                key=(action.event, action.address),
-            )
+            self._run_command(action, "start")
         elif isinstance(action, RunStop):
             log.info("%s: closing for %s", action.event, action.address)
-            self.runner.run(
-                f"{action.event} {action.address} stop",
-                action.command,
-                action.address,
-                key=(action.event, action.address),
-            )
+            self._run_command(action, "stop")
         elif isinstance(action, DoorExtended):
             log.info(
                 "%s: knock from %s while open: stop pushed back by %s s",
@@ -301,6 +291,11 @@ class Daemon:
                 action.step,
                 action.of,
             )
+
+    def _run_command(self, action: RunStart | RunStop, what: str) -> None:
+        door = (action.event, action.address)  # a door's commands run in order
+        label = f"{action.event} {action.address} {what}"
+        self.runner.run(label, action.command, action.address, key=door)
 
     # -- open doors across restarts -------------------------------------------------------
 
