@@ -179,3 +179,28 @@ def test_commands_inherit_no_descriptors_and_a_minimal_environment(
     assert set(fds) - {"10"} == {"0", "1", "2"}, fds
     names = {line.split("=", 1)[0] for line in lines if "=" in line}
     assert names <= {"PATH", "LANG", "PWD", "SHLVL", "_"}, names
+
+
+def test_no_unfiltered_packet_reaches_the_daemon_while_it_starts(
+    start_daemon: StartDaemon, pair: Pair
+) -> None:
+    # Non-knock traffic (udp/9999 from spoofed sources) runs before, during and after start-up:
+    # none of it may reach user space, not even in the moment before the filter is attached.
+    flood = pair.popen(
+        pair.client,
+        [sys.executable, str(FLOOD_SCRIPT), pair.client_if, link_mac(pair.server, pair.server_if),
+         SERVER_V4, "9999", "60000", "20", "1000", "20000"],
+        stdout=subprocess.PIPE, env=child_env(),
+    )
+    try:
+        wait_until(lambda: False, 0.3)
+        daemon = start_daemon(block("ssh", SHORT))
+        daemon.knock(SERVER_V4, *SHORT.split())
+        daemon.wait_action(f"ssh open {CLIENT_V4}")
+    finally:
+        flood.kill()
+        flood.wait()
+    daemon.signal(signal.SIGUSR1)
+    stats = daemon.wait_log(r"statistics: ")
+    assert "kernel_packets=3 " in stats and "packets=3 " in stats, stats
+    assert "malformed=0 " in stats and "not_local=0 " in stats, stats
