@@ -181,7 +181,10 @@ class Daemon:
                 # log it, look at the interface again, and go on after a short pause.
                 log.warning("transient error: %s", exc)
                 time.sleep(0.1)
-                self._check_link(poller)
+                try:
+                    self._check_link(poller)
+                except OSError as again:
+                    log.warning("interface check failed too: %s", again)
         return self._shutdown()
 
     def _iterate(self, poller: select.poll) -> None:
