@@ -232,22 +232,24 @@ class Daemon:
     def _read_packets(self) -> int:
         assert self.capture is not None
         now = time.monotonic()
-        engine, counters, debug = self.engine, self.counters, self.options.debug
-        local = self._local_packed
-        seen = 0
+        engine, debug, local = self.engine, self.options.debug, self._local_packed
+        seen = malformed = not_local = 0  # plain locals: this loop runs for every packet
         for packet in self.capture.packets():
             seen += 1
             if packet is None:
-                counters.malformed += 1
+                malformed += 1
             elif packet.dst not in local:
-                counters.not_local += 1
+                not_local += 1
             else:
-                counters.packets += 1
                 if debug:
                     log.debug("packet %s", _describe_packet(packet))
                 actions = engine.feed(packet, now)
                 if actions:
                     self._perform(actions)
+        counters = self.counters
+        counters.malformed += malformed
+        counters.not_local += not_local
+        counters.packets += seen - malformed - not_local
         return seen
 
     def _perform(self, actions: list[Action]) -> None:

@@ -114,6 +114,11 @@ class _Attempt(NamedTuple):
     matched: int  # frames matched so far; frame 0 is what starts an attempt
 
 
+# _Attempt(...) goes through a Python-level __new__; the tuple constructor is one C call, and
+# a spoofed flood creates one attempt per packet.
+_new_attempt = tuple.__new__
+
+
 def _frame_masks(config: Config) -> dict[tuple[int, int, int], tuple[tuple[int, int], ...]]:
     """Map each (protocol, port, flags) a packet can carry to [(event index, frame mask)].
 
@@ -207,9 +212,10 @@ class Engine:
             return
         if self._attempt_count >= self.max_attempts:
             self._evict_oldest(out)
-        self._attempts[ev_index][src] = _Attempt(now, 1)
+        self._attempts[ev_index][src] = _new_attempt(_Attempt, (now, 1))
         self._attempt_count += 1
-        self._note(out, event, src, "started", 1)
+        if self.trace:
+            self._note(out, event, src, "started", 1)
 
     def _drop(self, attempts: OrderedDict[bytes, _Attempt], src: bytes) -> None:
         del attempts[src]

@@ -51,6 +51,9 @@ _IPV6_FRAG_LEN = 8
 # (ethertype, version/IHL, total length, flags/fragment offset, protocol, source, destination).
 _ETH_IPV4_PLAIN = struct.Struct("!12x H B x H 2x H x B 2x 4s 4s")
 _PLAIN_VER_IHL = 0x45
+_PLAIN_L4_OFFSET = _ETH_IPV4_PLAIN.size  # the TCP/UDP header follows right after
+# Packet(...) goes through a Python-level __new__; the tuple constructor is one C call.
+_new_packet = tuple.__new__
 
 # destination port and the flag byte (byte 13); the rest of the header is not needed
 _TCP = struct.Struct("!2x H 9x B")
@@ -65,10 +68,17 @@ def parse_ethernet(buf: Buffer, offset: int = 0, length: int | None = None) -> P
             buf, offset
         )
         if ethertype == ETH_P_IP and ver_ihl == _PLAIN_VER_IHL:
+            # The common case, read here without further calls: it is what floods are made of.
             if frag & 0x1FFF or total_len < 20:
                 return None
-            ip_start = offset + _ETH_HEADER_LEN
-            return _parse_l4(buf, ip_start + 20, min(end, ip_start + total_len), protocol, src, dst)
+            l4 = offset + _PLAIN_L4_OFFSET
+            l4_end = min(end, offset + _ETH_HEADER_LEN + total_len)
+            if protocol == PROTO_UDP and l4 + _UDP.size <= l4_end:
+                return _new_packet(Packet, (src, dst, protocol, _UDP.unpack_from(buf, l4)[0], 0))
+            if protocol == PROTO_TCP and l4 + _TCP.size <= l4_end:
+                port, flags = _TCP.unpack_from(buf, l4)
+                return _new_packet(Packet, (src, dst, protocol, port, flags))
+            return None
     pos = offset + 12
     if offset < 0 or pos + 2 > end:
         return None
