@@ -222,18 +222,19 @@ class Engine:
         self._attempt_count -= 1
 
     def _evict_oldest(self, out: list[Action]) -> None:
-        oldest: tuple[float, int, bytes] | None = None
-        for ev_index, attempts in enumerate(self._attempts):
-            if attempts:
-                src, attempt = next(iter(attempts.items()))
-                if oldest is None or attempt.started < oldest[0]:
-                    oldest = (attempt.started, ev_index, src)
-        if oldest is None:
+        """Drop the attempt that started first, whatever its event."""
+        busy = [index for index, attempts in enumerate(self._attempts) if attempts]
+        if not busy:
             return
-        _, ev_index, src = oldest
-        matched = self._attempts[ev_index][src].matched
-        self._drop(self._attempts[ev_index], src)
-        self._note(out, self.config.events[ev_index], src, "evicted", matched)
+        ev_index = busy[0] if len(busy) == 1 else min(busy, key=self._first_start)
+        src, attempt = self._attempts[ev_index].popitem(last=False)
+        self._attempt_count -= 1
+        if self.trace:
+            self._note(out, self.config.events[ev_index], src, "evicted", attempt.matched)
+
+    def _first_start(self, ev_index: int) -> float:
+        attempts = self._attempts[ev_index]
+        return attempts[next(iter(attempts))].started
 
     def _note(self, out: list[Action], event: Event, src: bytes, what: str, step: int) -> None:
         if self.trace:

@@ -62,7 +62,7 @@ _UDP = struct.Struct("!2x H")
 
 def parse_ethernet(buf: Buffer, offset: int = 0, length: int | None = None) -> Packet | None:
     """Parse an Ethernet II frame (at most two VLAN tags) carrying IPv4 or IPv6 TCP/UDP."""
-    end = _end_of(buf, offset, length)
+    end = len(buf) if length is None else min(len(buf), offset + max(length, 0))
     if offset >= 0 and offset + _ETH_IPV4_PLAIN.size <= end:
         ethertype, ver_ihl, total_len, frag, protocol, src, dst = _ETH_IPV4_PLAIN.unpack_from(
             buf, offset
