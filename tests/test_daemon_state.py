@@ -114,3 +114,23 @@ def test_unwritable_state_file_is_logged_and_the_door_still_works(
     # The door opened although it could not be recorded.
     assert [c[0] for c in calls] == [f"ssh {A} start"]
     assert [door.address for door in d.engine.open_doors()] == [A]
+
+
+def test_transient_socket_error_does_not_end_the_loop(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def flaky(poller: object) -> None:
+        calls.append(poller)
+        if len(calls) == 1:
+            raise OSError(100, "Network is down")
+        daemon._stopping = True
+
+    monkeypatch.setattr(daemon, "_iterate", flaky)
+    monkeypatch.setattr(daemon, "_check_link", lambda poller: None)
+    monkeypatch.setattr(daemon, "_install_signal_handlers", lambda: None)  # pytest's stay
+    monkeypatch.setattr("tportknockd.daemon.gc.freeze", lambda: None)
+    assert daemon.run() == 0
+    assert len(calls) == 2
+    assert "transient error: [Errno 100] Network is down" in caplog.text
