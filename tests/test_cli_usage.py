@@ -34,6 +34,7 @@ def test_help_lists_every_classic_option(capsys: pytest.CaptureFixture[str]) -> 
         (["-c", "x.conf", "-i", "eth0", "-r", "soon"], "not a number"),
         (["-c", "x.conf", "-i", "eth0", "-r", "0"], "must be a positive number"),
         (["--max-attempts", "0", "-c", "x", "-i", "y"], "must be at least 1"),
+        (["--command-timeout", "1e300", "-c", "x", "-i", "y"], "at most 86400 seconds"),
         (["-x"], "unrecognized arguments: -x"),
     ],
 )

@@ -73,6 +73,14 @@ def _positive(text: str) -> float:
     return value
 
 
+def _seconds_up_to_a_day(text: str) -> float:
+    # Far beyond any sensible value, and well inside what poll/select timeouts accept.
+    value = _positive(text)
+    if value > 86400:
+        raise argparse.ArgumentTypeError(f"at most 86400 seconds (a day): {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -88,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="config", metavar="CONFIG")
     p.add_argument("-C", dest="check", metavar="CONFIG")
     p.add_argument("-i", dest="interface", metavar="DEVICE")
-    p.add_argument("-r", dest="refresh", type=_positive, metavar="SEC")
+    p.add_argument("-r", dest="refresh", type=_seconds_up_to_a_day, metavar="SEC")
     p.add_argument("-l", dest="list", action="store_true")
     p.add_argument("-d", dest="debug", action="store_true")
     p.add_argument("-D", dest="daemon", action="store_true")
@@ -97,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file")
     p.add_argument("--max-attempts", type=_count, default=DEFAULT_MAX_ATTEMPTS)
     p.add_argument("--max-commands", type=_count, default=DEFAULT_MAX_RUNNING)
-    p.add_argument("--command-timeout", type=_positive, default=DEFAULT_TIME_LIMIT)
+    p.add_argument("--command-timeout", type=_seconds_up_to_a_day, default=DEFAULT_TIME_LIMIT)
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
     p.add_argument("--ring-size", type=_count, default=2)
     p.add_argument("--version", action="store_true")
