@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""A guided tour of tportknockd: a real daemon, real packets, two throw-away namespaces.
+"""A guided tour of tportknockd: a real daemon, real packets, a real firewall, two namespaces.
 
 Run as root (`make demo`). It builds a "server" and a "client" network namespace joined by a
-veth pair (documentation addresses only, no default route, so nothing leaves the pair), starts
-tportknockd in the server namespace and knocks from the client: a right knock opens the door
-and it closes again after command_delay, a knock with one flag missing is counted but opens
-nothing, an IPv6 knock opens the door and stopping the daemon closes it. Everything is removed
-at the end, also after a failure or Ctrl-C. Exit status 0 when every step did what it should.
+veth pair (documentation addresses only, no default route, so nothing leaves the pair). In the
+server namespace an nftables firewall drops TCP port 22, where a small service answers, and
+tportknockd runs with commands that let a knocker's address through. The client finds the port
+closed, knocks right and gets in, is shut out again after command_delay; a knock with one flag
+missing opens nothing; an IPv6 knock opens the port over IPv6 and stopping the daemon closes
+it. Everything is removed at the end, also after a failure or Ctrl-C. Exit status 0 when every
+step did what it should.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ SERVER_IF, CLIENT_IF = "knk0", "knk1"
 SERVER_V4, CLIENT_V4 = "198.51.100.1", "198.51.100.2"
 SERVER_V6, CLIENT_V6 = "2001:db8::1", "2001:db8::2"
 
-#: The seed's first example, with commands that show what they would do instead of doing it.
+SERVICE_PORT = 22
+#: The seed's first example; its commands open and close the firewall through `door`.
 SEQUENCE = "udp:1234 tcp:543 tcp:543:i tcp:123:frap tcp:434:x tcp:2345:n"
 #: The same knock with one flag missing from the Xmas frame (`x` is all six flags).
 WRONG_SEQUENCE = SEQUENCE.replace("tcp:434:x", "tcp:434:fsrpa")
@@ -39,14 +42,67 @@ COMMAND_DELAY = 3
 DEADLINE = 10.0  # seconds for anything the demo waits for, beyond the delays it configures
 
 CONFIG_TEMPLATE = """\
-# tportknockd demo: the README's first example; the commands only report what they would do.
+# tportknockd demo: the README's first example, opening TCP port 22 in an nftables firewall.
 <ssh>
  sequence      = {sequence}
  timeout       = 10
- start_command = echo "OPEN for %IP%" | tee -a {doors}
- stop_command  = echo "CLOSED for %IP%" | tee -a {doors}
+ start_command = {door} open %IP%
+ stop_command  = {door} close %IP%
  command_delay = {delay}
 </ssh>
+"""
+
+#: The firewall of the server namespace: port 22 only for addresses in the sets.
+RULESET = f"""\
+table inet knock {{
+    set allowed4 {{ type ipv4_addr; }}
+    set allowed6 {{ type ipv6_addr; }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        tcp dport {SERVICE_PORT} ip saddr @allowed4 accept
+        tcp dport {SERVICE_PORT} ip6 saddr @allowed6 accept
+        tcp dport {SERVICE_PORT} drop
+    }}
+}}
+"""
+
+#: What the daemon's commands call: adds or removes an address in the right set, and notes it.
+DOOR_SCRIPT = """\
+#!/bin/sh
+# door open|close ADDRESS
+case "$2" in *:*) set_name=allowed6 ;; *) set_name=allowed4 ;; esac
+case "$1" in
+  open)  nft add element inet knock $set_name "{{ $2 }}" && echo "OPEN for $2" ;;
+  close) nft delete element inet knock $set_name "{{ $2 }}" && echo "CLOSED for $2" ;;
+esac | tee -a {doors}
+"""
+
+#: The service behind the firewall: greets every connection, like an SSH server would.
+SERVICE = """
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for family, address in ((socket.AF_INET, sys.argv[1]), (socket.AF_INET6, sys.argv[2])):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, int(sys.argv[3])))
+    s.listen()
+    sel.register(s, selectors.EVENT_READ)
+print("listening", flush=True)
+while True:
+    for key, _ in sel.select():
+        conn, _ = key.fileobj.accept()
+        conn.sendall(b"SSH-2.0-demo\\r\\n")
+        conn.close()
+"""
+
+#: One connection attempt from the client: what the service said, or why there was nothing.
+CONNECT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1) as s:
+        print("answered:", s.recv(64).decode().strip())
+except OSError as exc:
+    print("no answer:", exc)
 """
 
 
@@ -262,6 +318,32 @@ def check_config(nets: Namespaces, config: Path) -> None:
         raise DemoFailure("tportknockd -C rejected the demo config")
 
 
+def connect(nets: Namespaces, host: str, expect_answer: bool) -> None:
+    """Try the service from the client, once; fail the demo if the outcome is not `expect`."""
+    target = f"[{host}]" if ":" in host else host
+    result = nets.run(nets.client, [sys.executable, "-c", CONNECT, host, str(SERVICE_PORT)])
+    outcome = result.stdout.strip() or result.stderr.strip()
+    say(f"client -> {target}:{SERVICE_PORT}: {outcome}")
+    if outcome.startswith("answered") != expect_answer:
+        raise DemoFailure(f"port {SERVICE_PORT} was {'closed' if expect_answer else 'open'} "
+                          f"for the client, but should have been the opposite")
+
+
+def firewall(nets: Namespaces, workdir: Path, started: list[subprocess.Popen[str]]) -> None:
+    heading(f"A firewall in the server namespace: TCP port {SERVICE_PORT} is closed")
+    nets.run(nets.server, ["nft", "-f", str(workdir / "ruleset.nft")], check=True)
+    show("nft        ", (workdir / "ruleset.nft").read_text())
+    service = subprocess.Popen(
+        nets.argv(nets.server, [sys.executable, "-c", SERVICE, SERVER_V4, SERVER_V6,
+                                str(SERVICE_PORT)]),
+        stdout=subprocess.PIPE, text=True)
+    started.append(service)
+    if service.stdout is None or service.stdout.readline().strip() != "listening":
+        raise DemoFailure("the demo service did not start")
+    say(f"A service listens on port {SERVICE_PORT}; the firewall drops what comes to it:")
+    connect(nets, SERVER_V4, expect_answer=False)
+
+
 def right_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
     heading("A right knock opens the door")
     say(f"The client knocks the six frames of the sequence at {SERVER_V4}.")
@@ -270,10 +352,12 @@ def right_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
                     "the accepted knock")
     opened = wait_file_line(doors, f"OPEN for {CLIENT_V4}", DEADLINE)
     say(f"\n>> start_command ran: OPEN for {CLIENT_V4}")
+    connect(nets, SERVER_V4, expect_answer=True)
 
     heading(f"The door closes after command_delay ({COMMAND_DELAY} s)")
     closed = wait_file_line(doors, f"CLOSED for {CLIENT_V4}", COMMAND_DELAY + DEADLINE)
     say(f"\n>> stop_command ran {closed - opened:.1f} s later: CLOSED for {CLIENT_V4}")
+    connect(nets, SERVER_V4, expect_answer=False)
 
 
 def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
@@ -296,6 +380,7 @@ def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
     seen = after["packets"] - before["packets"]
     if after["fired"] != before["fired"] or count_lines(doors, "OPEN") != opens_before:
         raise DemoFailure("the wrong knock opened the door")
+    connect(nets, SERVER_V4, expect_answer=False)
     if seen < frames:
         say("\n>> the frame with the wrong flags was dropped by the kernel filter already;")
         say(f">> the daemon counted the other {seen} frames and fired nothing "
@@ -310,6 +395,7 @@ def ipv6_knock_and_stop(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
     knock(nets, "-6", SERVER_V6, *SEQUENCE.split())
     wait_file_line(doors, f"OPEN for {CLIENT_V6}", DEADLINE)
     say(f"\n>> start_command ran: OPEN for {CLIENT_V6}")
+    connect(nets, SERVER_V6, expect_answer=True)
 
     heading("Stopping the daemon closes every door still open")
     say("SIGTERM, before the IPv6 door's command_delay is over:")
@@ -318,9 +404,11 @@ def ipv6_knock_and_stop(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
     if status != 0:
         raise DemoFailure(f"the daemon exited with status {status}")
     say(f"\n>> stop_command ran at shutdown: CLOSED for {CLIENT_V6}; exit status {status}")
+    connect(nets, SERVER_V6, expect_answer=False)
 
 
-def tour(nets: Namespaces, workdir: Path, started: list[Daemon]) -> None:
+def tour(nets: Namespaces, workdir: Path, started: list[Daemon],
+         helpers: list[subprocess.Popen[str]]) -> None:
     heading("Two network namespaces joined by a veth pair")
     nets.create()
     say(f"server namespace {nets.server}: {SERVER_IF} {SERVER_V4}/24 {SERVER_V6}/64")
@@ -328,9 +416,14 @@ def tour(nets: Namespaces, workdir: Path, started: list[Daemon]) -> None:
     say("(documentation addresses, no default route: nothing leaves the pair)")
 
     doors = workdir / "doors"
+    door = workdir / "door"
+    door.write_text(DOOR_SCRIPT.format(doors=doors))
+    door.chmod(0o755)
+    (workdir / "ruleset.nft").write_text(RULESET)
     config = workdir / "knock.conf"
-    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, doors=doors,
+    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, door=door,
                                              delay=COMMAND_DELAY))
+    firewall(nets, workdir, helpers)
     check_config(nets, config)
 
     heading("Starting tportknockd in the server namespace")
@@ -348,6 +441,8 @@ def preflight() -> str | None:
         return "the demo needs root (network namespaces and raw sockets): sudo make demo"
     if shutil.which("ip") is None:
         return "the demo needs the `ip` command (Debian: apt-get install iproute2)"
+    if shutil.which("nft") is None:
+        return "the demo needs the `nft` command (Debian: apt-get install nftables)"
     return None
 
 
@@ -367,9 +462,10 @@ def main() -> int:
     nets = Namespaces()
     workdir = Path(tempfile.mkdtemp(prefix="tportknockd-demo-"))
     started: list[Daemon] = []
+    helpers: list[subprocess.Popen[str]] = []
     status = 1
     try:
-        tour(nets, workdir, started)
+        tour(nets, workdir, started, helpers)
         status = 0
     except DemoFailure as exc:
         print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
@@ -383,6 +479,9 @@ def main() -> int:
         heading("Cleaning up")
         for daemon in started:
             daemon.kill()
+        for helper in helpers:  # the demo service: this process, by its PID
+            helper.kill()
+            helper.wait()
         nets.remove()
         shutil.rmtree(workdir, ignore_errors=True)
         say("namespaces and temporary files removed")
