@@ -310,6 +310,9 @@ def check_config(nets: Namespaces, config: Path) -> None:
     heading("The configuration")
     say(f"{config}:")
     show("config     ", config.read_text())
+    door = config.parent / "door"
+    say(f"\n{door}, which the commands call:")
+    show("door       ", door.read_text())
     say("\nChecked and spelled out by the daemon itself:")
     say(f"$ tportknockd -C {config}")
     result = nets.run(nets.server, [sys.executable, "-m", "tportknockd", "-C", str(config)])
