@@ -113,17 +113,26 @@ class DemoFailure(Exception):
 # --- output -------------------------------------------------------------------------------
 
 
+def _print(text: str) -> None:
+    # Whoever reads our output may go away (`make demo | head`): the demo must still run to
+    # its end and clean up, so a closed pipe only silences it.
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 def heading(text: str) -> None:
-    print(f"\n=== {text} " + "=" * max(3, 72 - len(text)), flush=True)
+    _print(f"\n=== {text} " + "=" * max(3, 72 - len(text)))
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    _print(text)
 
 
 def show(prefix: str, text: str) -> None:
     for line in text.rstrip("\n").splitlines():
-        print(f"  {prefix} | {line}", flush=True)
+        _print(f"  {prefix} | {line}")
 
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -479,7 +488,6 @@ def main() -> int:
         detail = getattr(exc, "stderr", None) or ""
         print(f"\nDEMO FAILED: {exc} {detail}".rstrip(), file=sys.stderr)
     finally:
-        heading("Cleaning up")
         for daemon in started:
             daemon.kill()
         for helper in helpers:  # the demo service: this process, by its PID
@@ -487,7 +495,8 @@ def main() -> int:
             helper.wait()
         nets.remove()
         shutil.rmtree(workdir, ignore_errors=True)
-        say("namespaces and temporary files removed")
+        heading("Cleaning up")
+        say("daemon and service stopped, namespaces and temporary files removed")
     if status == 0:
         heading("Demo finished: every step did what it should")
     return status
