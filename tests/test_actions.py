@@ -107,3 +107,24 @@ def test_stop_never_overtakes_its_start(tmp_path: Path) -> None:
     runner.run("stop", f"echo stop >> {log}", "198.51.100.7", key=door)
     assert runner.wait(10)
     assert log.read_text().split() == ["start", "stop"]
+
+
+def test_a_program_left_running_in_the_background_does_not_hold_the_runner(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = CommandRunner(time_limit=20)
+    caplog.set_level(logging.INFO, logger="tportknockd")
+    started = time.monotonic()
+    runner.run("vpn", "sleep 3 & echo started", "198.51.100.7")
+    assert runner.wait(10)
+    assert time.monotonic() - started < 2
+    assert "exit status 0" in caplog.text and "output: started" in caplog.text
+
+
+def test_output_is_bounded_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    runner = CommandRunner()
+    caplog.set_level(logging.INFO, logger="tportknockd")
+    runner.run("loud", "yes x | head -c 3000000", "198.51.100.7")
+    assert runner.wait(10)
+    line = next(r.getMessage() for r in caplog.records if "exit status" in r.getMessage())
+    assert "output: x\nx\nx" in line and len(line) < 2200  # 3 MB printed, 2,000 kept

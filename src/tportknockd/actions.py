@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Hashable
@@ -99,24 +100,30 @@ class CommandRunner:
     def _execute(self, label: str, line: str) -> None:
         log.info("%s: running: %s", label, line)
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [self.shell, "-c", line],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=COMMAND_ENV,
-            cwd="/",
-            close_fds=True,
-            start_new_session=True,  # a command's children are killed with it on timeout
-        )
-        try:
-            output, _ = proc.communicate(timeout=self.time_limit)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            output, _ = proc.communicate()
-            log.error("%s: killed after %.0f s: %s", label, self.time_limit, line)
+        # Output goes to an unlinked file, not a pipe: memory stays bounded whatever the command
+        # prints, and a program the command leaves running in the background (`openvpn ... &`)
+        # does not hold us until it ends, as it would by keeping a pipe open.
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(
+                [self.shell, "-c", line],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=COMMAND_ENV,
+                cwd="/",
+                close_fds=True,
+                start_new_session=True,  # a command's children are killed with it on timeout
+            )
+            try:
+                proc.wait(timeout=self.time_limit)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.wait()
+                log.error("%s: killed after %.0f s: %s", label, self.time_limit, line)
+            output.seek(0)
+            head = output.read(4 * _OUTPUT_LOG_LIMIT)
         elapsed = time.monotonic() - started
-        text = output.decode(errors="replace").strip()[:_OUTPUT_LOG_LIMIT]
+        text = head.decode(errors="replace").strip()[:_OUTPUT_LOG_LIMIT]
         level = logging.INFO if proc.returncode == 0 else logging.WARNING
         log.log(
             level,
