@@ -91,6 +91,7 @@ class Daemon:
         self.engine = Engine(self.config, self.options.max_attempts, trace=self.options.debug)
         self.runner = CommandRunner(self.options.max_commands, self.options.command_time_limit)
         self.capture: Capture | None = None
+        self.watcher: netif.ChangeWatcher | None = None
         self.ifindex = 0
         self.link_up = True
         self.local: frozenset[str] = frozenset()
@@ -165,6 +166,7 @@ class Daemon:
         poller.register(self._wake_r, select.POLLIN)
         if self.capture is not None:
             poller.register(self.capture.fileno(), select.POLLIN)
+        self._watch_interfaces(poller)
         now = time.monotonic()
         self._next_refresh = now + (self.options.refresh or 0)
         notify_systemd("READY=1")
@@ -201,6 +203,8 @@ class Daemon:
                 self._handle_signals(poller)
             elif self.capture is not None and fd == self.capture.fileno():
                 self._on_capture_ready(revents, poller)
+            elif self.watcher is not None and fd == self.watcher.fileno() and self.watcher.drain():
+                self._check_link(poller)
 
     def _poll_timeout_ms(self, now: float, deadline: float | None) -> int:
         wake = min(now + IDLE_WAKEUP, self._next_statistics)
@@ -371,6 +375,16 @@ class Daemon:
             self._next_statistics = now + STATISTICS_INTERVAL
             self._read_kernel_statistics()
 
+    def _watch_interfaces(self, poller: select.poll) -> None:
+        """Follow link and address changes as the kernel announces them, so a new address
+        is knockable at once; -r then only adds a periodic re-read on top."""
+        try:
+            self.watcher = netif.ChangeWatcher()
+        except OSError as exc:
+            log.warning("cannot follow interface changes (%s): only -r re-reads addresses", exc)
+            return
+        poller.register(self.watcher.fileno(), select.POLLIN)
+
     def _check_link(self, poller: select.poll) -> None:
         """Compare the interface with what we know; follow it down, away, back, re-addressed."""
         self._next_link_check = time.monotonic() + LINK_CHECK
@@ -529,6 +543,8 @@ class Daemon:
         self.log_statistics()
         if self.capture is not None:
             self.capture.close()
+        if self.watcher is not None:
+            self.watcher.close()
         log.info("stopped")
         return 0
 

@@ -121,3 +121,43 @@ def find_interface(name: str) -> Interface | None:
         if link.name == name:
             return link
     return None
+
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+
+
+class ChangeWatcher:
+    """Tells when any link or address changes, as the kernel announces it (no polling).
+
+    Poll `fileno()`; when readable, `drain()` empties the socket. What changed is not parsed:
+    the caller reads the interface again, which is one small dump and never out of date.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+            NETLINK_ROUTE,
+        )
+        self._sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self) -> bool:
+        """Read every pending announcement; True when there was any (or some were lost)."""
+        changed = False
+        while True:
+            try:
+                if not self._sock.recv(65536):
+                    return changed
+                changed = True
+            except BlockingIOError:
+                return changed
+            except OSError:  # ENOBUFS: announcements were lost, so assume a change
+                return True
+
+    def close(self) -> None:
+        self._sock.close()

@@ -222,6 +222,17 @@ def test_refresh_follows_a_moved_address(start_daemon: StartDaemon, pair: Pair) 
     daemon.wait_action(f"ssh open {CLIENT_V4}")
 
 
+def test_address_change_is_followed_at_once_without_r(
+    start_daemon: StartDaemon, pair: Pair
+) -> None:
+    daemon = start_daemon(block("ssh", SSH_SEQUENCE))
+    ip("-n", pair.server, "addr", "add", "203.0.113.1/24", "dev", pair.server_if)
+    ip("-n", pair.client, "addr", "add", "203.0.113.2/24", "dev", pair.client_if)
+    daemon.wait_log(rf"addresses of {pair.server_if} changed:.*203\.0\.113\.1", timeout=2)
+    daemon.knock("203.0.113.1", *SSH_SEQUENCE.split())
+    daemon.wait_action("ssh open 203.0.113.2")
+
+
 def test_sighup_with_broken_config_keeps_the_old_one(start_daemon: StartDaemon) -> None:
     daemon = start_daemon(block("ssh", SSH_SEQUENCE))
     daemon.config.write_text("<ssh>\n sequence = tcp:99999\n</ssh>\n")
