@@ -92,3 +92,21 @@ def test_systemd_unit_runs_least_privilege_foreground() -> None:
     assert settings_["StateDirectory"] == "tportknockd"
     assert settings_["Restart"] == "on-failure"
     assert " -D" not in settings_["ExecStart"]
+
+
+def test_a_state_file_others_could_write_is_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "doors.json"
+    state.save(str(path), [SavedDoor("ssh", "198.51.100.7", 1.0, "close %IP%", 30.0)])
+    path.chmod(0o666)  # its stop commands would run as root: nobody else may write them
+    with pytest.raises(state.StateError, match="writable by group or others"):
+        state.load(str(path))
+
+
+def test_a_state_file_owned_by_someone_else_is_not_trusted(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    path = tmp_path / "doors.json"
+    state.save(str(path), [])
+    os.chown(path, 65534, 65534)
+    with pytest.raises(state.StateError, match="owned by uid 65534"):
+        state.load(str(path))

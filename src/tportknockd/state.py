@@ -71,6 +71,7 @@ def load(path: str) -> list[SavedDoor]:
     """The doors recorded in `path`; [] when there is no file; StateError when it is bad."""
     try:
         with open(path, encoding="utf-8") as f:
+            _check_trusted(path, os.fstat(f.fileno()))
             data = json.load(f)
     except FileNotFoundError:
         return []
@@ -80,6 +81,14 @@ def load(path: str) -> list[SavedDoor]:
         return _doors_from(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: not a tportknockd state file: {exc!r}") from None
+
+
+def _check_trusted(path: str, info: os.stat_result) -> None:
+    """The file holds commands we will run (the stops): only one we wrote ourselves will do."""
+    if info.st_uid != os.geteuid():
+        raise StateError(f"{path}: owned by uid {info.st_uid}, not by us: not trusted")
+    if info.st_mode & 0o022:
+        raise StateError(f"{path}: writable by group or others: not trusted")
 
 
 def _doors_from(data: object) -> list[SavedDoor]:
