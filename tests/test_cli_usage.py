@@ -78,3 +78,16 @@ def test_run_with_bad_config_exits_1_before_capturing(
 def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-C", "/nonexistent/k.conf"]) == 1
     assert "/nonexistent/k.conf: cannot read" in capsys.readouterr().err
+
+
+def test_check_warns_about_a_config_others_can_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "k.conf"
+    path.write_text(GOOD)
+    path.chmod(0o666)
+    assert main(["-C", str(path)]) == 0
+    assert "writable by group or others" in capsys.readouterr().err
+    path.chmod(0o600)
+    assert main(["-C", str(path)]) == 0
+    assert "writable" not in capsys.readouterr().err

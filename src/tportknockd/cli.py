@@ -160,7 +160,7 @@ def check(path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    for warning in config.warnings:
+    for warning in [*config.warnings, *_file_warnings(path)]:
         print(warning, file=sys.stderr)
     print(check_report(config))
     return 0
@@ -178,7 +178,7 @@ def serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     _setup_logging(args.debug, args.log_file, to_syslog=False)
-    for warning in config.warnings:
+    for warning in [*config.warnings, *_file_warnings(args.config)]:
         log.warning("%s", warning)
     options = Options(
         config_path=args.config,
@@ -219,6 +219,17 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if args.daemon:
             _remove_pid_file(args.pid_file)
+
+
+def _file_warnings(path: str) -> list[str]:
+    """The config's commands run as root: say so when others could change them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []
+    if mode & 0o022:
+        return [f"{path}: warning: writable by group or others, and its commands run as root"]
+    return []
 
 
 def _setup_logging(debug: bool, log_file: str | None, to_syslog: bool) -> None:
