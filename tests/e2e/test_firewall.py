@@ -1,8 +1,9 @@
 """The point of it all: a firewalled port stays closed until the right knock, then closes again.
 
-The server namespace gets the README's nftables recipe (a set of allowed sources in front of a
-drop rule for the port), a TCP service on that port, and the daemon with commands that add and
-remove the knocker in the set. The client tries to connect before, after and later.
+The server namespace gets examples/knock.nft (sets of allowed sources in front of a drop rule
+for port 22), a TCP service on that port, and the daemon with examples/door-nft as its
+commands, which add and remove the knocker in the set of its family. The client tries to
+connect before, after and later.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import StartDaemon, wait_until
@@ -19,33 +21,24 @@ from netns import CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6, Pair
 
 pytestmark = pytest.mark.e2e
 
-PORT = 2222
+REPO = Path(__file__).resolve().parents[2]
+RULESET = REPO / "examples" / "knock.nft"  # the README's recipe, tested as shipped
+DOOR = REPO / "examples" / "door-nft"
+PORT = 22
 SEQUENCE = "udp:7100 tcp:7101:fu udp:7102"
-RULESET = f"""
-table inet knock {{
-    set allowed4 {{ type ipv4_addr; }}
-    set allowed6 {{ type ipv6_addr; }}
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {PORT} ip saddr @allowed4 accept
-        tcp dport {PORT} ip6 saddr @allowed6 accept
-        tcp dport {PORT} drop
-    }}
-}}
-"""
 CONFIG = f"""
 <ssh4>
  sequence      = {SEQUENCE}
  timeout       = 5
- start_command = nft add element inet knock allowed4 {{ %IP% }}
- stop_command  = nft delete element inet knock allowed4 {{ %IP% }}
+ start_command = {DOOR} open %IP%
+ stop_command  = {DOOR} close %IP%
  command_delay = 2
 </ssh4>
 <ssh6>
  sequence      = tcp:7200:fu udp:7201
  timeout       = 5
- start_command = nft add element inet knock allowed6 {{ %IP% }}
- stop_command  = nft delete element inet knock allowed6 {{ %IP% }}
+ start_command = {DOOR} open %IP%
+ stop_command  = {DOOR} close %IP%
  command_delay = 2
 </ssh6>
 """
@@ -86,7 +79,7 @@ def firewalled(pair: Pair) -> Iterator[Pair]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    pair.run(pair.server, ["nft", "-f", "-"], input=RULESET, check=True)
+    pair.run(pair.server, ["nft", "-f", str(RULESET)], check=True)
     service = pair.popen(pair.server, [sys.executable, "-c", SERVICE, SERVER_V4, SERVER_V6,
                                        str(PORT)], stdout=subprocess.PIPE)
     try:
