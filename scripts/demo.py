@@ -46,36 +46,16 @@ CONFIG_TEMPLATE = """\
 <ssh>
  sequence      = {sequence}
  timeout       = 10
- start_command = {door} open %IP%
- stop_command  = {door} close %IP%
+ start_command = {door} open %IP% && echo "OPEN for %IP%" | tee -a {doors}
+ stop_command  = {door} close %IP% && echo "CLOSED for %IP%" | tee -a {doors}
  command_delay = {delay}
 </ssh>
 """
 
-#: The firewall of the server namespace: port 22 only for addresses in the sets.
-RULESET = f"""\
-table inet knock {{
-    set allowed4 {{ type ipv4_addr; }}
-    set allowed6 {{ type ipv6_addr; }}
-    chain input {{
-        type filter hook input priority 0; policy accept;
-        tcp dport {SERVICE_PORT} ip saddr @allowed4 accept
-        tcp dport {SERVICE_PORT} ip6 saddr @allowed6 accept
-        tcp dport {SERVICE_PORT} drop
-    }}
-}}
-"""
-
-#: What the daemon's commands call: adds or removes an address in the right set, and notes it.
-DOOR_SCRIPT = """\
-#!/bin/sh
-# door open|close ADDRESS
-case "$2" in *:*) set_name=allowed6 ;; *) set_name=allowed4 ;; esac
-case "$1" in
-  open)  nft add element inet knock $set_name "{{ $2 }}" && echo "OPEN for $2" ;;
-  close) nft delete element inet knock $set_name "{{ $2 }}" && echo "CLOSED for $2" ;;
-esac | tee -a {doors}
-"""
+#: The firewall of the server namespace (port 22 only for addresses in its sets), and the
+#: script that adds and removes an address: both are the examples the README points at.
+RULESET = REPO / "examples" / "knock.nft"
+DOOR = REPO / "examples" / "door-nft"
 
 #: The service behind the firewall: greets every connection, like an SSH server would.
 SERVICE = """
@@ -319,9 +299,8 @@ def check_config(nets: Namespaces, config: Path) -> None:
     heading("The configuration")
     say(f"{config}:")
     show("config     ", config.read_text())
-    door = config.parent / "door"
-    say(f"\n{door}, which the commands call:")
-    show("door       ", door.read_text())
+    say(f"\n{DOOR.relative_to(REPO)}, which the commands call:")
+    show("door-nft   ", DOOR.read_text())
     say("\nChecked and spelled out by the daemon itself:")
     say(f"$ tportknockd -C {config}")
     result = nets.run(nets.server, [sys.executable, "-m", "tportknockd", "-C", str(config)])
@@ -343,8 +322,9 @@ def connect(nets: Namespaces, host: str, expect_answer: bool) -> None:
 
 def firewall(nets: Namespaces, workdir: Path, started: list[subprocess.Popen[str]]) -> None:
     heading(f"A firewall in the server namespace: TCP port {SERVICE_PORT} is closed")
-    nets.run(nets.server, ["nft", "-f", str(workdir / "ruleset.nft")], check=True)
-    show("nft        ", (workdir / "ruleset.nft").read_text())
+    say(f"$ nft -f {RULESET.relative_to(REPO)}")
+    nets.run(nets.server, ["nft", "-f", str(RULESET)], check=True)
+    show("knock.nft  ", RULESET.read_text())
     service = subprocess.Popen(
         nets.argv(nets.server, [sys.executable, "-c", SERVICE, SERVER_V4, SERVER_V6,
                                 str(SERVICE_PORT)]),
@@ -428,12 +408,8 @@ def tour(nets: Namespaces, workdir: Path, started: list[Daemon],
     say("(documentation addresses, no default route: nothing leaves the pair)")
 
     doors = workdir / "doors"
-    door = workdir / "door"
-    door.write_text(DOOR_SCRIPT.format(doors=doors))
-    door.chmod(0o755)
-    (workdir / "ruleset.nft").write_text(RULESET)
     config = workdir / "knock.conf"
-    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, door=door,
+    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, door=DOOR, doors=doors,
                                              delay=COMMAND_DELAY))
     firewall(nets, workdir, helpers)
     check_config(nets, config)
