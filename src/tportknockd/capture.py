@@ -43,6 +43,9 @@ _PACKET_HEADER = struct.Struct("=I8xI8xH")
 # The struct sockaddr_ll follows the 48-byte tpacket3_hdr; sll_pkttype is its byte 10.
 _PKTTYPE_OFFSET = 48 + 10
 _STATUS_KERNEL = struct.pack("=I", TP_STATUS_KERNEL)
+_BLOCK_SEQ_OFFSET = 24  # tpacket_hdr_v1.seq_num, a u64: the order the kernel filled blocks in
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 _STATS = struct.Struct("=III")
 
 
@@ -94,6 +97,7 @@ class Capture:
         self.ifname = ifname
         self.geometry = geometry or RingGeometry()
         self.not_for_us = 0  # packets the ring held that were not addressed to this host
+        self.resyncs = 0  # times the kernel's block and ours were found out of step
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         try:
             self._setup(program)
@@ -138,10 +142,12 @@ class Capture:
         ring = self._ring
         block_size = self.geometry.block_size
         block_count = self.geometry.block_count
-        for _ in range(max_blocks):
+        for index in range(max_blocks):
             base = self._block * block_size
             status, count, offset = _BLOCK_HEADER.unpack_from(ring, base + _BLOCK_HEADER_OFFSET)
             if not status & TP_STATUS_USER:
+                if index == 0 and self._resynchronise():
+                    continue
                 return
             position = base + offset
             for _ in range(count):
@@ -153,6 +159,27 @@ class Capture:
                 position += next_offset
             ring[base + _BLOCK_STATUS_OFFSET : base + _BLOCK_STATUS_OFFSET + 4] = _STATUS_KERNEL
             self._block = (self._block + 1) % block_count
+
+    def _resynchronise(self) -> bool:
+        """Catch up with the kernel when it fills a different block than the one we expect.
+
+        We were woken because some block is ready, yet ours is not: after the ring overflowed
+        the kernel can go on from another block (libpcap saw the same, its issue #898). Left
+        alone we would spin at full CPU and read nothing until the kernel wrapped round to our
+        block. Move to the ready block the kernel filled first (lowest sequence number).
+        """
+        ring, block_size = self._ring, self.geometry.block_size
+        ready = []
+        for block in range(self.geometry.block_count):
+            base = block * block_size
+            (status,) = _U32.unpack_from(ring, base + _BLOCK_STATUS_OFFSET)
+            if status & TP_STATUS_USER:
+                ready.append((_U64.unpack_from(ring, base + _BLOCK_SEQ_OFFSET)[0], block))
+        if not ready:
+            return False
+        self._block = min(ready)[1]
+        self.resyncs += 1
+        return True
 
     def statistics(self) -> Stats:
         """Kernel counters since the last call (the kernel resets them when read)."""

@@ -73,6 +73,7 @@ class Counters:
     kernel_packets: int = 0
     kernel_drops: int = 0
     fired: int = 0
+    ring_resyncs: int = 0  # of captures closed since (the open one counts its own)
 
 
 class StartupError(Exception):
@@ -422,6 +423,7 @@ class Daemon:
         assert self.capture is not None
         self._read_kernel_statistics()
         poller.unregister(self.capture.fileno())
+        self.counters.ring_resyncs += self.capture.resyncs
         self.capture.close()
         self.capture = None
 
@@ -522,7 +524,7 @@ class Daemon:
         c = self.counters
         log.info(
             "statistics: kernel_packets=%d kernel_drops=%d packets=%d malformed=%d "
-            "not_local=%d attempts=%d open_doors=%d fired=%d",
+            "not_local=%d attempts=%d open_doors=%d fired=%d ring_resyncs=%d",
             c.kernel_packets,
             c.kernel_drops,
             c.packets,
@@ -531,6 +533,7 @@ class Daemon:
             self.engine.attempt_count,
             len(self.engine.open_doors()),
             c.fired,
+            c.ring_resyncs + (self.capture.resyncs if self.capture is not None else 0),
         )
 
     # -- the end --------------------------------------------------------------------------
