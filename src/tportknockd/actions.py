@@ -98,7 +98,6 @@ class CommandRunner:
                     del self._last_of[key]
 
     def _execute(self, label: str, line: str) -> None:
-        log.info("%s: running: %s", label, line)
         started = time.monotonic()
         # Output goes to an unlinked file, not a pipe: memory stays bounded whatever the command
         # prints, and a program the command leaves running in the background (`openvpn ... &`)
@@ -114,6 +113,7 @@ class CommandRunner:
                 close_fds=True,
                 start_new_session=True,  # a command's children are killed with it on timeout
             )
+            log.info("%s: running: %s", label, line)  # once started: logging is not free
             try:
                 proc.wait(timeout=self.time_limit)
             except subprocess.TimeoutExpired:
