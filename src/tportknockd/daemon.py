@@ -1,9 +1,10 @@
 """The daemon: the I/O around the engine.
 
-One thread runs the loop: poll the capture socket and a signal wake-up pipe, feed packets and
-the monotonic clock to the engine, hand its actions to the command runner, and look after the
-interface (addresses refreshed with -r; link down, deleted and re-created). Commands run in
-worker threads (see actions), so nothing here waits for them.
+One thread runs the loop: poll the capture socket, a signal wake-up pipe and an rtnetlink
+socket, feed packets and the monotonic clock to the engine, hand its actions to the command
+runner, and look after the interface (addresses changed, link down, deleted and re-created;
+also re-read every -r seconds). Commands run in worker threads (see actions), so nothing here
+waits for them.
 """
 
 from __future__ import annotations
@@ -287,10 +288,10 @@ class Daemon:
             self._run_command(action, "stop")
         elif isinstance(action, DoorExtended):
             log.info(
-                "%s: knock from %s while open: stop pushed back by %s s",
+                "%s: knock from %s while open: stop pushed back, now in %.1f s",
                 action.event,
                 action.address,
-                _delay_of(self.config, action.event),
+                action.due - time.monotonic(),
             )
         elif isinstance(action, Progress):
             log.debug(
@@ -577,7 +578,3 @@ def _describe_packet(packet: Packet) -> str:
     flags = f" {describe_flags(packet.flags)}" if proto == "tcp" else ""
     source, destination = address_text(packet.src), address_text(packet.dst)
     return f"{source} -> {destination} {proto}/{packet.port}{flags}"
-
-
-def _delay_of(config: Config, name: str) -> float | None:
-    return next((e.command_delay for e in config.events if e.name == name), None)
