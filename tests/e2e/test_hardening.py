@@ -204,3 +204,30 @@ def test_no_unfiltered_packet_reaches_the_daemon_while_it_starts(
     stats = daemon.wait_log(r"statistics: ")
     assert "kernel_packets=3 " in stats and "packets=3 " in stats, stats
     assert "malformed=0 " in stats and "not_local=0 " in stats, stats
+
+
+def test_ring_overflow_is_counted_and_the_daemon_reads_on(
+    start_daemon: StartDaemon, pair: Pair
+) -> None:
+    # Stop the daemon, overflow its 1 MiB ring with 60,000 first frames, let it go on: the
+    # drops are logged and counted, and a knock right after is read and opens.
+    daemon = start_daemon(block("door", FLOOD_SEQUENCE, timeout=30), "--ring-size", "1")
+    daemon.signal(signal.SIGSTOP)
+    try:
+        pair.run(
+            pair.client,
+            [sys.executable, str(FLOOD_SCRIPT), pair.client_if,
+             link_mac(pair.server, pair.server_if), SERVER_V4, str(FLOOD_PORT), "60000", "20",
+             "60000"],
+            env=child_env(), capture_output=True, timeout=60, check=True,
+        )
+    finally:
+        daemon.signal(signal.SIGCONT)
+    daemon.knock(SERVER_V4, *FLOOD_SEQUENCE.split())
+    daemon.wait_action(f"door open {CLIENT_V4}")
+    daemon.signal(signal.SIGUSR1)
+    stats = daemon.wait_log(r"statistics: ")
+    drops = int(re.search(r"kernel_drops=(\d+)", stats).group(1))  # type: ignore[union-attr]
+    print(stats.split("statistics: ")[1])
+    assert drops > 40_000, stats
+    daemon.wait_log(r"kernel ring dropped \d+ packets")
