@@ -295,7 +295,9 @@ class _EventBuilder:
     def _sequence_source(self) -> str | None:
         """Which of sequence / otp_secret / one_time_sequences this event uses."""
         settings = self.block.settings
-        given = [key for key in SEQUENCE_SOURCES if key in settings]
+        given = sorted(
+            (key for key in SEQUENCE_SOURCES if key in settings), key=lambda key: settings[key].line
+        )
         if not given:
             self._error(
                 self.block.line,

@@ -39,11 +39,16 @@ class Schedule:
             if event.one_time_list is not None
         }
 
-    def live(self, unix_time: float) -> list[LiveSequence]:
+    def live(self, unix_time: float | None) -> list[LiveSequence]:
+        """The sequences live at `unix_time`; None leaves out the time-based ones."""
         sequences: list[LiveSequence] = []
         for event in self.config.events:
             if event.otp is not None:
+                if unix_time is None:
+                    continue
                 for number in otp.accepted_windows(unix_time, event.otp.window):
+                    if number < 0:
+                        continue  # before 1970: no window (w is unsigned)
                     frames = otp.derive(event.otp, event.name, number)
                     sequences.append(LiveSequence(event, frames, window=number))
             elif event.one_time_list is not None:
@@ -73,4 +78,4 @@ class Schedule:
 
 def static_sequences(config: Config) -> list[LiveSequence]:
     """The sequences that do not depend on the time (one-time lists at their loaded line)."""
-    return [seq for seq in Schedule(config).live(0.0) if seq.window is None]
+    return Schedule(config).live(None)
