@@ -15,10 +15,13 @@ import time
 
 
 def _in_a_test_namespace() -> bool:
-    """Never replay from the host's own network namespace (that of PID 1)."""
+    """Never replay outside a namespace made by tests/netns.py (named tpk-...)."""
     import os
+    import subprocess
 
-    return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
+    name = subprocess.run(["ip", "netns", "identify", str(os.getpid())],
+                          capture_output=True, text=True).stdout.strip()
+    return name.startswith("tpk-")
 
 
 def main(argv: list[str]) -> int:

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="for a one-time event with otp_secret: use window w+N (a clock known to be off)",
+        help="for a one-time event with otp_secret: use window w+N (a clock known to be off; "
+        "a negative N as --window-offset=-1)",
     )
     parser.add_argument("-v", dest="verbose", action="store_true", help="print each frame sent")
     parser.add_argument("host", metavar="HOST", nargs="?", help="host name or address to knock at")
