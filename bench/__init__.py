@@ -7,8 +7,9 @@ The parts, each in its own module:
 - `daemons`   — the daemons compared (their configs, command lines, readiness, statistics);
 - `traffic`   — knocks (the project's client, hping3) and floods (trafgen);
 - `measure`   — CPU, memory, the capture of sent knocks and the detections;
-- `scenarios` — what each scenario sends, and running one scenario against one daemon;
+- `scenarios` — what each scenario sends, and which rows (with targets) it has in the report;
+- `runner`    — each scenario against each daemon, with a fresh daemon and measurements;
 - `summary`   — per-scenario figures (detections, latency percentiles, CPU per packet);
 - `report`    — the Markdown table, the JSON file; `plot` — the figure;
-- `run`       — the command line (`python3 bench/run.py [--quick]`).
+- `cli`       — the command line; `run` — the script `make bench` runs.
 """
