@@ -62,6 +62,7 @@ def test_ratio_and_number_formats() -> None:
     assert ratio(0.5, 2.0) == "0.25×"
     assert ratio(3.0, 0.0003) == "10000×"
     assert ratio(9.5, 1.0) == "9.5×"
+    assert ratio(99.6, 1.0) == "100×"  # whole numbers from 10 up, never 1e+02
     assert ratio(None, 1.0) == ratio(1.0, None) == ratio(1.0, 0.0) == "—"
     assert fmt(None) == "—" and fmt(2.345, 2) == "2.35" and fmt(7.0, 0) == "7"
 
