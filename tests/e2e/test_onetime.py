@@ -155,12 +155,28 @@ def test_one_window_ahead_opens_two_behind_does_not(
     run.wait_action(f"ssh open {CLIENT_V4}")
 
 
-def test_the_filter_follows_the_windows(start_daemon: StartDaemon, secret: Path) -> None:
+def kernel_packets(run: DaemonRun, count: int) -> int:
+    """Ask for statistics (SIGUSR1); the kernel_packets figure of the `count`th answer."""
+    run.signal(signal.SIGUSR1)
+    line = run.wait_log(r"statistics: kernel_packets=", count=count)
+    return int(re.search(r"kernel_packets=(\d+)", line).group(1))  # type: ignore[union-attr]
+
+
+def test_the_kernel_filter_passes_only_the_live_windows(
+    start_daemon: StartDaemon, secret: Path
+) -> None:
     run = start_daemon(config_with_sentinel(otp_block(secret, stop=False)), "-d")
-    first = run.wait_log(r"one-time windows moved")
-    assert first
-    # Within one window the kernel filter is replaced once.
-    run.wait_log(r"one-time windows moved", count=2, timeout=WINDOW + 5)
+    # The windows move while it runs, and the filter with them.
+    run.wait_log(r"one-time windows moved: 4 sequences, 15 frames live", timeout=WINDOW + 5)
+    at_window_start()
+    before = kernel_packets(run, 1)
+    otp_knock(run, "--window-offset=-2")  # out of reach: the kernel drops all four frames
+    otp_knock(run, "--window-offset=2")
+    time.sleep(0.5)
+    assert kernel_packets(run, 2) == before
+    otp_knock(run)
+    run.wait_action(f"ssh open {CLIENT_V4}")
+    assert kernel_packets(run, 3) == before + 4
 
 
 def test_a_restart_after_sigkill_does_not_unburn(
@@ -231,6 +247,13 @@ def test_a_list_advances_line_by_line_and_survives_a_restart(
     # opening is the last line's.
     assert again.action_lines().count(f"once open {CLIENT_V4}") == 3
     assert "line 3 of" not in again.log_text()
+    # Refilled, then SIGHUP: the new line is the sequence.
+    with listing.open("a") as stream:
+        stream.write("udp:7400 udp:7500\n")
+    again.signal(signal.SIGHUP)
+    again.wait_log(r"configuration reloaded")
+    again.knock(SERVER_V4, "udp:7400", "udp:7500")
+    again.wait_action(f"once open {CLIENT_V4}", count=4)
 
 
 def test_the_client_sends_the_lists_first_line(start_daemon: StartDaemon, tmp_path: Path) -> None:
