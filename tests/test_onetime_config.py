@@ -232,3 +232,10 @@ def load_config_text(tmp_path: Path, text: str) -> object:
     path = tmp_path / "k.conf"
     path.write_text(text)
     return load_config(str(path))
+
+
+def test_a_secret_that_is_no_regular_file_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    (found,) = errors(otp_event(fifo))
+    assert found == f"k.conf:2: otp_secret: cannot read {fifo}: not a regular file"

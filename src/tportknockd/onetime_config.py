@@ -6,7 +6,6 @@ every problem at the line of the key that causes it.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from tportknockd import otp
 from tportknockd.frame_syntax import parse_kind, parse_port
 from tportknockd.model import PROTO_TCP, FrameKind, OneTimeList, OtpSpec
-from tportknockd.onetime_list import ListError, read_list
+from tportknockd.onetime_list import ListError, read_list, read_regular_file
 
 OTP_KEYS = ("otp_secret", "otp_length", "otp_ports", "otp_frames", "otp_window")
 LIST_KEY = "one_time_sequences"
@@ -55,9 +54,7 @@ def read_secret(setting: Setting, report: Report) -> bytes | None:
         report(setting.line, "otp_secret is empty: expected the path of a secret file")
         return None
     try:
-        with open(path, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            data = stream.read(MAX_SECRET_BYTES + 1)
+        info, data = read_regular_file(path, MAX_SECRET_BYTES + 1)
     except OSError as exc:
         report(setting.line, f"otp_secret: cannot read {path}: {exc.strerror or exc}")
         return None

@@ -10,8 +10,10 @@ the directory fsynced.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 
 from tportknockd.frame_syntax import parse_frame, parse_port
 from tportknockd.model import PROTO_TCP, PROTOCOL_NUMBERS, Frame, ListHead, OneTimeList
@@ -84,10 +86,23 @@ def read_list(path: str) -> OneTimeList:
     return OneTimeList(path, head, remaining)
 
 
+def read_regular_file(path: str, limit: int) -> tuple[os.stat_result, bytes]:
+    """At most `limit` bytes of a regular file, and its status.
+
+    Opened without blocking and refused unless regular: a FIFO or a device named by mistake
+    must not hang `-C` or the daemon's start-up.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return info, stream.read(limit)
+
+
 def _read_lines(path: str) -> list[str]:
     try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_LIST_BYTES + 1)
+        _, data = read_regular_file(path, MAX_LIST_BYTES + 1)
     except OSError as exc:
         raise ListError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_LIST_BYTES:
