@@ -87,13 +87,18 @@ class Doorkeeper:
 
     def _use_list_lines(self, actions: list[Action]) -> set[tuple[str, str]]:
         """Make used list lines durable; the doors whose line could not be marked."""
+        opening = {(a.event, a.address) for a in actions if isinstance(a, RunStart)}
         refused: set[tuple[str, str]] = set()
         for action in actions:
             if not isinstance(action, ListLineUsed):
                 continue
             if self.use_list_line is None or not self.use_list_line(action):
-                refused.add((action.event, action.address))
-                self.engine.doors.abandon(action.event, action.address)
+                door = (action.event, action.address)
+                refused.add(door)
+                if door in opening:
+                    # Opened just now: never opened after all, so no stop is due. A door
+                    # that was already open keeps its stop (only pushed back).
+                    self.engine.doors.abandon(*door)
         return refused
 
     def _dispatch(self, action: Action, via: str | None) -> None:
