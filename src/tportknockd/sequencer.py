@@ -10,6 +10,7 @@ sequences no longer live never reach Python.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -34,6 +35,22 @@ class Sequencer:
         """Put the sequences live now in place; later changes go through `refilter`."""
         self._refilter = refilter
         self.engine.set_sequences(self._live_now())
+        self._check_lists_writable()
+
+    def _check_lists_writable(self) -> None:
+        """Say at once when a used list line could not be commented out (no door would open)."""
+        for event in self.schedule.config.events:
+            if event.one_time_list is None:
+                continue
+            path = event.one_time_list.path
+            directory = os.path.dirname(os.path.abspath(path))
+            if not (os.access(path, os.W_OK) and os.access(directory, os.W_OK)):
+                log.warning(
+                    "%s: %s or its directory is not writable: used lines cannot be commented "
+                    "out, so knocks on this list will not open",
+                    event.name,
+                    path,
+                )
 
     def frames(self) -> list[Frame]:
         """Every frame of every live sequence: what the kernel filters let through."""
