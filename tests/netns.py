@@ -2,7 +2,8 @@
 
 Both ends of the pair live in namespaces this module creates (the veth is created inside the
 first namespace and its peer placed straight into the second), there is no default route, and
-only documentation addresses are used. Everything is removed on exit.
+only documentation addresses are used. Everything is removed on exit. `add_link` joins the
+same two namespaces by a further veth pair (a server reachable two ways), under the same rules.
 """
 
 from __future__ import annotations
@@ -71,21 +72,54 @@ def relink(pair: Pair, with_addresses: bool = True) -> None:
     _wire(pair, with_addresses)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A further veth pair between a Pair's namespaces: its ends and their addresses (v4 in a
+    /25 of 203.0.113.0/24, v6 in a /64 of 2001:db8::/32: documentation addresses only)."""
+
+    server_if: str
+    client_if: str
+    server_v4: str
+    client_v4: str
+    server_v6: str
+    client_v6: str
+    prefix_v4: int = 25
+
+
+SECOND_LINK = Link("knk2", "knk3", "203.0.113.1", "203.0.113.2", "2001:db8:1::1", "2001:db8:1::2")
+THIRD_LINK = Link("knk4", "knk5", "203.0.113.129", "203.0.113.130", "2001:db8:2::1",
+                  "2001:db8:2::2")
+
+
+def add_link(pair: Pair, link: Link) -> None:
+    """Join the pair's namespaces by one more veth pair, addressed as `link` says."""
+    _veth(pair, link.server_if, link.client_if)
+    for ns, ifname, v4, v6 in ((pair.server, link.server_if, link.server_v4, link.server_v6),
+                               (pair.client, link.client_if, link.client_v4, link.client_v6)):
+        ip("-n", ns, "addr", "add", f"{v4}/{link.prefix_v4}", "dev", ifname)
+        ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+
+
 def _wire(pair: Pair, with_addresses: bool) -> None:
     s, c = pair.server, pair.client
-    ip("-n", s, "link", "add", pair.server_if, "type", "veth",
-       "peer", "name", pair.client_if, "netns", c)
-    for ns, ifname in ((s, pair.server_if), (c, pair.client_if)):
-        # No DAD delay: IPv6 addresses must be usable at once.
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                        f"net.ipv6.conf.{ifname}.accept_dad=0"], check=True)
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "link", "set", ifname, "up")
+    _veth(pair, pair.server_if, pair.client_if)
     if with_addresses:
         ip("-n", s, "addr", "add", f"{SERVER_V4}/24", "dev", pair.server_if)
         ip("-n", c, "addr", "add", f"{CLIENT_V4}/24", "dev", pair.client_if)
         ip("-n", s, "addr", "add", f"{SERVER_V6}/64", "dev", pair.server_if, "nodad")
         ip("-n", c, "addr", "add", f"{CLIENT_V6}/64", "dev", pair.client_if, "nodad")
+
+
+def _veth(pair: Pair, server_if: str, client_if: str) -> None:
+    """A veth created in the server namespace with its peer put straight into the client's."""
+    s, c = pair.server, pair.client
+    ip("-n", s, "link", "add", server_if, "type", "veth", "peer", "name", client_if, "netns", c)
+    for ns, ifname in ((s, server_if), (c, client_if)):
+        # No DAD delay: IPv6 addresses must be usable at once.
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        f"net.ipv6.conf.{ifname}.accept_dad=0"], check=True)
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", ifname, "up")
 
 
 # --- hand-made packets ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tportknockd.daemon import Daemon, Options
+from tportknockd.interfaces import Selection
 from tportknockd.model import PROTO_UDP, Config, Event, Frame
 
 EVENT = Event(
@@ -23,7 +24,7 @@ EVENT = Event(
 def daemon(tmp_path: Path) -> Daemon:
     return Daemon(
         Config("t.conf", (EVENT,)),
-        Options("t.conf", "knk0", state_file=str(tmp_path / "doors.json")),
+        Options("t.conf", Selection(("knk0",)), state_file=str(tmp_path / "doors.json")),
     )
 
 

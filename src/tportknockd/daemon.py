@@ -27,7 +27,7 @@ from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
-from tportknockd.interfaces import Interfaces, StartupError
+from tportknockd.interfaces import Interfaces, Selection, StartupError
 from tportknockd.model import Config, Frame
 from tportknockd.signals import SignalInbox
 from tportknockd.statistics import Counters
@@ -46,7 +46,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 @dataclass
 class Options:
     config_path: str
-    interface: str
+    interfaces: Selection
     refresh: float | None = None
     debug: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -71,7 +71,7 @@ class Daemon:
         self.doors = Doorkeeper(self.engine, self.runner, options.state_file, self.counters)
         self.poller = select.poll()
         self.interfaces = Interfaces(
-            (options.interface,),
+            options.interfaces,
             self._current_frames,
             self.poller,
             self.counters,

@@ -19,7 +19,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_IFNAME = 3
 IFLA_OPERSTATE = 16
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-IFF_UP, IFF_RUNNING = 0x1, 0x40
+IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -36,6 +36,7 @@ class Interface:
     up: bool  # administratively up (IFF_UP)
     operstate: str
     addresses: list[str] = field(default_factory=list)
+    loopback: bool = False  # IFF_LOOPBACK: never part of `-i any`
 
 
 def _align(n: int) -> int:
@@ -89,7 +90,15 @@ def _links() -> list[Interface]:
                 name = value.rstrip(b"\0").decode(errors="replace")
             elif attr == IFLA_OPERSTATE and value:
                 operstate = _OPERSTATES[value[0]] if value[0] < len(_OPERSTATES) else "unknown"
-        links.append(Interface(name, index, bool(flags & IFF_UP), operstate))
+        links.append(
+            Interface(
+                name,
+                index,
+                bool(flags & IFF_UP),
+                operstate,
+                loopback=bool(flags & IFF_LOOPBACK),
+            )
+        )
     return links
 
 
