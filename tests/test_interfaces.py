@@ -27,8 +27,11 @@ class FakeCapture:
     next_fd = 100
     opened: list[FakeCapture] = []
 
-    def __init__(self, ifname: str, program: Sequence[Insn], geometry: RingGeometry) -> None:
+    def __init__(
+        self, ifname: str, program: Sequence[Insn], geometry: RingGeometry, raw_ip: bool = False
+    ) -> None:
         self.ifname = ifname
+        self.raw_ip = raw_ip
         self.program = list(program)
         self.resyncs = 0
         self.closed = False
@@ -69,8 +72,12 @@ class Kernel:
 
     links: list[netif.Interface] = field(default_factory=list)
 
-    def add(self, name: str, index: int, *addresses: str, up: bool = True) -> netif.Interface:
-        link = netif.Interface(name, index, up, "up" if up else "down", list(addresses))
+    def add(
+        self, name: str, index: int, *addresses: str, up: bool = True, link_type: int = 1
+    ) -> netif.Interface:
+        link = netif.Interface(
+            name, index, up, "up" if up else "down", list(addresses), link_type=link_type
+        )
         self.links.append(link)
         return link
 
@@ -444,3 +451,44 @@ def test_what_any_would_listen_on(kernel: Kernel) -> None:
     kernel.add("knk0", 5, "198.51.100.1")
     kernel.add("knk2", 6, up=False)
     assert any_would_listen_on(kernel.links) == (["knk0"], ["knk2"])
+
+
+# --- links without an Ethernet header --------------------------------------------------------
+
+ARPHRD_NONE, ARPHRD_CAN = 0xFFFE, 280
+
+
+def test_a_raw_ip_link_gets_a_raw_ip_capture_and_filter(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("wg0", 6, "203.0.113.1", link_type=ARPHRD_NONE)
+    interfaces = interfaces_on(["knk0,wg0"])
+    interfaces.start()
+    wg0, knk0 = capture_of(interfaces, "wg0"), capture_of(interfaces, "knk0")
+    assert wg0.raw_ip and not knk0.raw_ip
+    for address in ("203.0.113.1", "198.51.100.1"):
+        assert bpfvm.run(wg0.program, udp_to(address)[14:]) > 0
+        assert bpfvm.run(wg0.program, udp_to(address)) == 0
+        assert passes(interfaces, "knk0", address)
+    # Re-addressed: each keeps its kind of filter.
+    kernel.get("knk0").addresses.append("198.51.100.5")
+    interfaces.follow()
+    assert bpfvm.run(capture_of(interfaces, "wg0").program, udp_to("198.51.100.5")[14:]) > 0
+    interfaces.refilter()
+    assert bpfvm.run(capture_of(interfaces, "wg0").program, udp_to("198.51.100.5")[14:]) > 0
+    assert passes(interfaces, "knk0", "198.51.100.5")
+
+
+def test_a_named_link_that_carries_no_ip_stops_the_start(kernel: Kernel) -> None:
+    kernel.add("can0", 5, link_type=ARPHRD_CAN)
+    with pytest.raises(StartupError, match=r"^cannot capture on can0: its packets are neither"):
+        interfaces_on(["can0"]).start()
+
+
+def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("can0", 6, link_type=ARPHRD_CAN)
+    kernel.add("wg0", 7, "203.0.113.1", link_type=ARPHRD_NONE)
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    assert sorted(interfaces.listeners) == ["knk0", "wg0"]
+    assert any_would_listen_on(kernel.links) == (["knk0", "wg0"], [])

@@ -26,7 +26,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tportknockd import filter as bpf
 from tportknockd import netif
@@ -71,9 +71,10 @@ class Selection:
         return cls(tuple(names))
 
     def listens_on(self, link: netif.Interface) -> bool:
-        """Is `link` one to open a capture on now? (`any`: once it is up, never loopback.)"""
+        """Is `link` one to open a capture on now? (`any`: once it is up, never loopback,
+        and only links that carry IP in a way the filter knows: Ethernet or raw IP.)"""
         if self.every:
-            return link.up and not link.loopback
+            return link.up and not link.loopback and link.framing is not None
         return link.name in self.names
 
     def counts_addresses_of(self, link: netif.Interface) -> bool:
@@ -278,7 +279,7 @@ class Interfaces:
             listener.set_addresses(own, accepted)
             return
         try:
-            program = self._program(accepted)
+            program = self._program(accepted, listener.raw_ip)
         except ValueError as exc:
             log.error("kernel filter for the new addresses: %s; keeping the old filter", exc)
             return
@@ -286,7 +287,11 @@ class Interfaces:
         listener.set_filter(program)
 
     def _open(self, listener: Listener, link: netif.Interface) -> None:
-        listener.open(link, self._program(listener.accepted))
+        if link.framing is None:
+            raise OSError(
+                f"its packets are neither Ethernet frames nor bare IP (link type {link.link_type})"
+            )
+        listener.open(link, self._program(listener.accepted, link.framing == "raw-ip"))
         self._by_fd[listener.fileno()] = listener
         self._poller.register(listener.fileno(), select.POLLIN)
 
@@ -311,23 +316,26 @@ class Interfaces:
         for the kernel) leaves every filter as it was.
         """
         wanted = list(self._frames() if frames is None else frames)
-        compiled: dict[frozenset[str], list[bpf.Insn]] = {}
+        compiled: dict[tuple[frozenset[str], bool], list[bpf.Insn]] = {}
         for listener in self.listeners.values():
-            if listener.accepted not in compiled:
-                compiled[listener.accepted] = self._program(listener.accepted, wanted)
+            key = (listener.accepted, listener.raw_ip)
+            if key not in compiled:
+                compiled[key] = self._program(listener.accepted, listener.raw_ip, wanted)
         for listener in self.listeners.values():
-            listener.set_filter(compiled[listener.accepted])
+            listener.set_filter(compiled[listener.accepted, listener.raw_ip])
 
     def _program(
-        self, addresses: Collection[str], frames: Iterable[Frame] | None = None
+        self, addresses: Collection[str], raw_ip: bool, frames: Iterable[Frame] | None = None
     ) -> list[bpf.Insn]:
-        """The kernel filter for `frames` (default: the current ones) sent to `addresses`.
+        """The kernel filter for `frames` (default: the current ones) sent to `addresses`,
+        for a link with an Ethernet header or (`raw_ip`) without.
 
         Raises ValueError when it would not fit in a classic BPF program.
         """
         if not addresses:
             return bpf.drop_all()
-        program = bpf.compile_filter(self._frames() if frames is None else frames, addresses)
+        wanted = self._frames() if frames is None else frames
+        program = bpf.compile_filter(wanted, addresses, raw_ip)
         if self.debug:
             log.debug(
                 "kernel filter (%d instructions):\n%s", len(program), bpf.disassemble(program)
@@ -368,8 +376,11 @@ def _is_link_local(address: str) -> bool:
 
 def any_would_listen_on(links: Collection[netif.Interface]) -> tuple[list[str], list[str]]:
     """For -l: the interfaces `-i any` listens on now, and those it will once they are up."""
-    now = [link.name for link in links if not link.loopback and link.up]
-    later = [link.name for link in links if not link.loopback and not link.up]
+    every = Selection(every=True)
+    now = [link.name for link in links if every.listens_on(link)]
+    later = [
+        link.name for link in links if not link.up and every.listens_on(replace(link, up=True))
+    ]
     return now, later
 
 

@@ -28,6 +28,12 @@ _RTATTR = struct.Struct("=HH")
 
 _OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
 
+# Link types (ARPHRD_*) by what a packet socket sees in front of the IP header.
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+ETHERNET_FRAMED = frozenset({ARPHRD_ETHER, ARPHRD_LOOPBACK})
+#: No link-layer header at all: none (tun, WireGuard), PPP, raw IP, IP-in-IP, IPv6-in-IP, SIT.
+RAW_IP = frozenset({0xFFFE, 512, 519, 768, 769, 776})
+
 
 @dataclass
 class Interface:
@@ -37,6 +43,16 @@ class Interface:
     operstate: str
     addresses: list[str] = field(default_factory=list)
     loopback: bool = False  # IFF_LOOPBACK: never part of `-i any`
+    link_type: int = ARPHRD_ETHER  # ARPHRD_*
+
+    @property
+    def framing(self) -> str | None:
+        """ "ethernet" or "raw-ip" (what its packets start with), None for other link types."""
+        if self.link_type in ETHERNET_FRAMED:
+            return "ethernet"
+        if self.link_type in RAW_IP:
+            return "raw-ip"
+        return None
 
 
 def _align(n: int) -> int:
@@ -83,7 +99,7 @@ def _links() -> list[Interface]:
     for kind, payload in _dump(RTM_GETLINK, socket.AF_UNSPEC):
         if kind != RTM_NEWLINK:
             continue
-        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+        _family, link_type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
         name, operstate = "", "unknown"
         for attr, value in _attributes(payload, _IFINFOMSG.size):
             if attr == IFLA_IFNAME:
@@ -97,6 +113,7 @@ def _links() -> list[Interface]:
                 bool(flags & IFF_UP),
                 operstate,
                 loopback=bool(flags & IFF_LOOPBACK),
+                link_type=link_type,
             )
         )
     return links

@@ -16,10 +16,17 @@ from netns import (
     SECOND_LINK,
     SERVER_V4,
     THIRD_LINK,
+    TUN_PEER_V4,
+    TUN_SERVER_V4,
     Pair,
+    Tun,
     add_link,
     ip,
+    ipv4_tcp_packet,
+    ipv4_udp_packet,
 )
+from tportknockd.config import parse_frame
+from tportknockd.model import PROTO_TCP, SYN
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +38,7 @@ FRAMES = SSH_SEQUENCE.split()
 @pytest.fixture
 def two_links(pair: Pair) -> Iterator[Pair]:
     """The pair, joined a second way: knk0/knk1 (198.51.100.0/24) and knk2/knk3
-    (203.0.113.0/25)."""
+    (203.0.113.0/26)."""
     add_link(pair, SECOND)
     yield pair
 
@@ -175,3 +182,48 @@ def test_list_shows_what_any_listens_on(two_links: Pair) -> None:
     assert result.stdout.splitlines()[-1] == (
         "-i any listens on: knk0; once up: knk2; and on interfaces added later (never lo)"
     )
+
+
+# --- a link without Ethernet header (tun; WireGuard and OpenVPN look the same) ---------------
+
+
+def tunnel_knock(tun: Tun, sequence: str, dst: str = TUN_SERVER_V4) -> None:
+    """The frames of `sequence` as whole IP packets from the tunnel's peer, received on `tun`."""
+    for frame in (parse_frame(text) for text in sequence.split()):
+        if frame.protocol == PROTO_TCP:
+            flags = SYN if frame.flags is None else frame.flags
+            tun.send(ipv4_tcp_packet(TUN_PEER_V4, dst, 40001, frame.port, flags))
+        else:
+            tun.send(ipv4_udp_packet(TUN_PEER_V4, dst, 40001, frame.port))
+
+
+def test_a_knock_over_a_tunnel_interface_opens(start_daemon: StartDaemon, pair: Pair) -> None:
+    with Tun(pair) as tun:
+        daemon = start_daemon(config_with_sentinel(block("ssh", SSH_SEQUENCE)),
+                              interfaces=f"{FIRST_IF},{tun.name}")
+        tunnel_knock(tun, SSH_SEQUENCE)
+        daemon.wait_action(opened(TUN_PEER_V4))
+        daemon.wait_log(accepted_on(TUN_PEER_V4, tun.name))
+        # The tunnel's packets to the Ethernet link's address count as well...
+        daemon.knock(SERVER_V4, *FRAMES)
+        daemon.wait_action(opened(CLIENT_V4))
+        # ...while a wrong one, and one to an address the host does not have, do not.
+        tunnel_knock(tun, "udp:7001 tcp:7002:s udp:7004")
+        tunnel_knock(tun, "udp:7001 tcp:7002:s udp:7003", dst="203.0.113.131")
+        daemon.sentinel()
+        assert not any(line.startswith("sentinel open 203.0.113")
+                       for line in daemon.action_lines())
+
+
+def test_any_picks_up_a_tunnel_interface_that_comes_up_later(
+    start_daemon: StartDaemon, pair: Pair
+) -> None:
+    daemon = start_daemon(block("ssh", SSH_SEQUENCE), interfaces="any")
+    with Tun(pair) as tun:
+        daemon.wait_log(rf"listening on {tun.name} ")
+        tunnel_knock(tun, SSH_SEQUENCE)
+        daemon.wait_action(opened(TUN_PEER_V4))
+        daemon.wait_log(accepted_on(TUN_PEER_V4, tun.name))
+    daemon.wait_log(rf"interface {tun.name} is gone")
+    daemon.knock(SERVER_V4, *FRAMES)
+    daemon.wait_action(opened(CLIENT_V4))
