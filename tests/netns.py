@@ -2,7 +2,8 @@
 
 Both ends of the pair live in namespaces this module creates (the veth is created inside the
 first namespace and its peer placed straight into the second), there is no default route, and
-only documentation addresses are used. Everything is removed on exit.
+only documentation addresses are used. Everything is removed on exit. `add_link` joins the
+same two namespaces by a further veth pair (a server reachable two ways), under the same rules.
 """
 
 from __future__ import annotations
@@ -71,21 +72,57 @@ def relink(pair: Pair, with_addresses: bool = True) -> None:
     _wire(pair, with_addresses)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A further veth pair between a Pair's namespaces: its ends and their addresses (v4 in a
+    /26 of 203.0.113.0/24, v6 in a /64 of 2001:db8::/32: documentation addresses only)."""
+
+    server_if: str
+    client_if: str
+    server_v4: str
+    client_v4: str
+    server_v6: str
+    client_v6: str
+    prefix_v4: int = 26
+
+
+SECOND_LINK = Link("knk2", "knk3", "203.0.113.1", "203.0.113.2", "2001:db8:1::1", "2001:db8:1::2")
+THIRD_LINK = Link("knk4", "knk5", "203.0.113.65", "203.0.113.66", "2001:db8:2::1",
+                  "2001:db8:2::2")
+#: A tun device in the server namespace (a link without Ethernet header, like WireGuard): the
+#: server's address on it, and the peer that the test's packets come from.
+TUN_SERVER_V4, TUN_PEER_V4 = "203.0.113.129", "203.0.113.130"
+
+
+def add_link(pair: Pair, link: Link) -> None:
+    """Join the pair's namespaces by one more veth pair, addressed as `link` says."""
+    _veth(pair, link.server_if, link.client_if)
+    for ns, ifname, v4, v6 in ((pair.server, link.server_if, link.server_v4, link.server_v6),
+                               (pair.client, link.client_if, link.client_v4, link.client_v6)):
+        ip("-n", ns, "addr", "add", f"{v4}/{link.prefix_v4}", "dev", ifname)
+        ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+
+
 def _wire(pair: Pair, with_addresses: bool) -> None:
     s, c = pair.server, pair.client
-    ip("-n", s, "link", "add", pair.server_if, "type", "veth",
-       "peer", "name", pair.client_if, "netns", c)
-    for ns, ifname in ((s, pair.server_if), (c, pair.client_if)):
-        # No DAD delay: IPv6 addresses must be usable at once.
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                        f"net.ipv6.conf.{ifname}.accept_dad=0"], check=True)
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "link", "set", ifname, "up")
+    _veth(pair, pair.server_if, pair.client_if)
     if with_addresses:
         ip("-n", s, "addr", "add", f"{SERVER_V4}/24", "dev", pair.server_if)
         ip("-n", c, "addr", "add", f"{CLIENT_V4}/24", "dev", pair.client_if)
         ip("-n", s, "addr", "add", f"{SERVER_V6}/64", "dev", pair.server_if, "nodad")
         ip("-n", c, "addr", "add", f"{CLIENT_V6}/64", "dev", pair.client_if, "nodad")
+
+
+def _veth(pair: Pair, server_if: str, client_if: str) -> None:
+    """A veth created in the server namespace with its peer put straight into the client's."""
+    s, c = pair.server, pair.client
+    ip("-n", s, "link", "add", server_if, "type", "veth", "peer", "name", client_if, "netns", c)
+    for ns, ifname in ((s, server_if), (c, client_if)):
+        # No DAD delay: IPv6 addresses must be usable at once.
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        f"net.ipv6.conf.{ifname}.accept_dad=0"], check=True)
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "set", ifname, "up")
 
 
 # --- hand-made packets ----------------------------------------------------------------------
@@ -121,6 +158,68 @@ def ipv4_tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int,
                          socket.IPPROTO_TCP, 0, s, d)
     header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
     return header + tcp
+
+
+def ipv4_udp_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A whole IPv4 packet carrying an empty UDP datagram (checksum 0: none, as IPv4 allows)."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    udp = struct.pack("!HHHH", sport, dport, 8, 0)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0x4243, 0, 64,
+                         socket.IPPROTO_UDP, 0, s, d)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + udp
+
+
+class Tun:
+    """A tun device (no Ethernet header: what WireGuard and OpenVPN links look like) in the
+    server namespace of `pair`, for as long as the context lasts. `send(packet)` makes the
+    kernel receive a whole IP packet on it, as if it came out of a tunnel; nothing leaves the
+    namespace. The device goes away when its helper process (started by us) ends."""
+
+    def __init__(self, pair: Pair, name: str = "tnl0") -> None:
+        self.pair, self.name = pair, name
+        self._helper = pair.popen(pair.server, [sys.executable, os.path.abspath(__file__), "tun",
+                                                name],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def __enter__(self) -> Tun:
+        assert self._helper.stdout is not None
+        if self._helper.stdout.readline().strip() != "ready":
+            self.__exit__()
+            raise RuntimeError(f"could not create tun device {self.name}")
+        subprocess.run(["ip", "netns", "exec", self.pair.server, "sysctl", "-qw",
+                        f"net.ipv6.conf.{self.name}.disable_ipv6=1"], check=False)
+        ip("-n", self.pair.server, "addr", "add", f"{TUN_SERVER_V4}/26", "dev", self.name)
+        ip("-n", self.pair.server, "link", "set", self.name, "up")
+        return self
+
+    def send(self, packet: bytes) -> None:
+        assert self._helper.stdin is not None
+        self._helper.stdin.write(packet.hex() + "\n")
+        self._helper.stdin.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._helper.stdin is not None:
+            self._helper.stdin.close()
+        try:
+            self._helper.wait(10)
+        except subprocess.TimeoutExpired:
+            self._helper.kill()
+            self._helper.wait()
+
+
+def _tun_main(args: Sequence[str]) -> None:
+    """Create tun device args[0] and write each hex line of stdin into it, until EOF."""
+    import fcntl  # only here: the rest of this module is imported on any system
+
+    tunsetiff, iff_tun, iff_no_pi = 0x400454CA, 0x0001, 0x1000
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    fcntl.ioctl(fd, tunsetiff, struct.pack("16sH", args[0].encode(), iff_tun | iff_no_pi))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip():
+            os.write(fd, bytes.fromhex(line.strip()))
+    os.close(fd)
 
 
 def send_raw_tcp(pair: Pair, ns: str, src: str, dst: str, dport: int, flags: int, *,
@@ -161,5 +260,8 @@ def _send_tcp_main(args: Sequence[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["send-tcp"]:
         _send_tcp_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["tun"] and len(sys.argv) == 3:
+        _tun_main(sys.argv[2:])
     else:
-        sys.exit("usage: netns.py send-tcp SRC DST SPORT DPORT FLAGS [OUT_IF DST_MAC]")
+        sys.exit("usage: netns.py send-tcp SRC DST SPORT DPORT FLAGS [OUT_IF DST_MAC]\n"
+                 "       netns.py tun NAME  (then hex packets on stdin)")

@@ -6,6 +6,7 @@ import struct
 
 from tportknockd.capture import TP_STATUS_KERNEL, TP_STATUS_USER, Capture, RingGeometry
 from tportknockd.model import PROTO_UDP, Packet, address_bytes
+from tportknockd.packet import parse_ethernet, parse_ip
 
 GEOMETRY = RingGeometry(block_size=4096, block_count=8)
 SLOT = 128  # bytes per packet in a block
@@ -39,6 +40,7 @@ def ring_capture() -> tuple[Capture, bytearray]:
     ring = bytearray(GEOMETRY.block_size * GEOMETRY.block_count)
     capture.geometry, capture._ring = GEOMETRY, ring  # type: ignore[assignment]
     capture._block, capture.not_for_us, capture.resyncs = 0, 0, 0
+    capture._parse = parse_ethernet  # an Ethernet link
     return capture, ring
 
 
@@ -96,3 +98,14 @@ def test_nothing_ready_anywhere_is_not_a_resync() -> None:
     capture, _ = ring_capture()
     assert list(capture.packets()) == []
     assert capture.resyncs == 0
+
+
+def test_a_raw_ip_link_is_read_from_the_ip_header() -> None:
+    capture, ring = ring_capture()
+    capture._parse = parse_ip  # as Capture(..., raw_ip=True) sets it: tun, WireGuard
+    fill_block(ring, 0, 1, [(udp_frame("198.18.0.1", 7000)[14:], PACKET_HOST),
+                            (udp_frame("198.18.0.2", 7001), PACKET_HOST)])
+    packets = list(capture.packets())
+    assert packets[0] == Packet(address_bytes("198.18.0.1"), address_bytes("198.51.100.1"),
+                                PROTO_UDP, 7000, 0)
+    assert packets[1] is None  # an Ethernet frame is no IP packet

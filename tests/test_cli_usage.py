@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tportknockd import netif
 from tportknockd.cli import main
 
 GOOD = """\
@@ -91,3 +92,38 @@ def test_check_warns_about_a_config_others_can_write(
     path.chmod(0o600)
     assert main(["-C", str(path)]) == 0
     assert "writable" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "interfaces, message",
+    [
+        (["-i", "any,eth0"], "-i any already means every interface: name no others with it"),
+        (["-i", "eth0", "-i", "any"], "-i any already means every interface"),
+        (["-i", "eth0,,wg0"], "an empty interface name"),
+    ],
+)
+def test_interface_mistakes_are_usage_errors(
+    interfaces: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["-c", "x.conf", *interfaces]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tportknockd: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_list_says_what_any_listens_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    links = [
+        netif.Interface("lo", 1, True, "unknown", ["127.0.0.1"], loopback=True),
+        netif.Interface("eth0", 2, True, "up", ["198.51.100.1"]),
+        netif.Interface("wg0", 3, True, "unknown", ["203.0.113.1"]),
+        netif.Interface("eth1", 4, False, "down"),
+    ]
+    monkeypatch.setattr("tportknockd.cli.netif.list_interfaces", lambda: links)
+    assert main(["-l"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["eth0", "UP", "up", "198.51.100.1"]
+    assert lines[-1] == (
+        "-i any listens on: eth0 wg0; once up: eth1; and on interfaces added later (never lo)"
+    )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
 
 from tportknockd.daemon import Daemon, Options
-from tportknockd.model import PROTO_UDP, Config, Event, Frame
+from tportknockd.interfaces import Selection
+from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
+
+A = "198.51.100.7"
 
 EVENT = Event(
     "ssh",
@@ -23,7 +29,7 @@ EVENT = Event(
 def daemon(tmp_path: Path) -> Daemon:
     return Daemon(
         Config("t.conf", (EVENT,)),
-        Options("t.conf", "knk0", state_file=str(tmp_path / "doors.json")),
+        Options("t.conf", Selection(("knk0",)), state_file=str(tmp_path / "doors.json")),
     )
 
 
@@ -103,3 +109,25 @@ def test_statistics_line(daemon: Daemon, caplog: pytest.LogCaptureFixture) -> No
     daemon.counters.packets = 4
     daemon.log_statistics()
     assert "statistics: kernel_packets=0 kernel_drops=0 packets=4 malformed=0" in caplog.text
+
+
+def test_shutdown_closes_every_open_door_and_empties_the_record(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    stops: list[str] = []
+    daemon.doors.runner = Recorder(stops)
+    for port in (1, 2):
+        packet = Packet(address_bytes(A), address_bytes("198.51.100.1"), PROTO_UDP, port, 0)
+        daemon.doors.perform(daemon.engine.feed(packet, time.monotonic()), "knk0")
+    assert stops == [f"ssh {A} start"]
+    assert daemon._shutdown() == 0
+    assert stops == [f"ssh {A} start", f"ssh {A} stop"]
+    assert json.loads((tmp_path / "doors.json").read_text())["doors"] == []
+
+
+class Recorder:
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+
+    def run(self, label: str, command: str, address: str, key: Hashable | None = None) -> None:
+        self.labels.append(label)

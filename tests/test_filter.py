@@ -721,3 +721,59 @@ def test_kernel_snap_length_cuts_long_frames() -> None:
         )
         received = received_through_kernel(pair, KERNEL_FRAMES, [bytes(long_frame)])
         assert received == [bytes(long_frame)[: bpf.SNAPLEN]]
+
+
+# -- raw IP links (tun, WireGuard): packets start at the IP header ---------------------------
+
+RAW_IP_DECISIONS = [
+    (name, packet, verdict)
+    for name, packet, verdict in DECISIONS
+    if packet.haslayer(Ether) and not packet.haslayer(Dot1Q) and packet[Ether].type in
+    (0x0800, 0x86DD)
+]
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [pytest.param(packet, expected, id=name) for name, packet, expected in RAW_IP_DECISIONS],
+)
+def test_raw_ip_decisions_are_the_ethernet_ones(packet: ScapyPacket, expected: bool) -> None:
+    program = bpf.compile_filter(FRAMES, LOCAL, raw_ip=True)
+    bpfvm.check(program)
+    assert accepts(program, bytes(packet)[14:]) is expected
+
+
+def test_raw_ip_drops_what_is_no_ip() -> None:
+    program = bpf.compile_filter(FRAMES, LOCAL, raw_ip=True)
+    ipv4_udp = bytes(IP(src=SOURCE_V4, dst=SERVER_V4) / UDP(dport=7003))
+    assert accepts(program, ipv4_udp)
+    assert not accepts(program, bytes([0x55]) + ipv4_udp[1:])  # version 5
+    assert not accepts(program, bytes(v4() / UDP(dport=7003)))  # an Ethernet frame
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frames=st.lists(frames_strategy(), max_size=8),
+    local=st.lists(st.sampled_from(LOCAL_POOL), unique=True, max_size=4),
+    packets=st.lists(
+        shapes().filter(lambda s: s.ethertype != 0x0806 and not s.vlan), min_size=1, max_size=12
+    ),
+)
+def test_raw_ip_filter_agrees_with_the_frames(
+    frames: list[Frame], local: list[str], packets: list[Shape]
+) -> None:
+    program = bpf.compile_filter(frames, local, raw_ip=True)
+    bpfvm.check(program)
+    for shape in packets:
+        assert accepts(program, build(shape)[14:]) is expected(shape, frames, local), shape
+
+
+def test_kernel_accepts_raw_ip_programs() -> None:
+    programs = [
+        bpf.compile_filter(FRAMES, LOCAL, raw_ip=True),
+        bpf.compile_filter([Frame(UDP_, port, None) for port in range(1, 400)],
+                           many_v4(300) + many_v6(100), raw_ip=True),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for program in programs:
+            bpf.attach(sock, program)

@@ -14,7 +14,7 @@ import bpfvm
 from tportknockd import netif
 from tportknockd.capture import RingGeometry, Stats
 from tportknockd.filter import Insn
-from tportknockd.interfaces import Interfaces, StartupError
+from tportknockd.interfaces import Interfaces, Selection, StartupError, any_would_listen_on
 from tportknockd.model import PROTO_UDP, Frame, Packet
 from tportknockd.statistics import Counters
 
@@ -27,8 +27,11 @@ class FakeCapture:
     next_fd = 100
     opened: list[FakeCapture] = []
 
-    def __init__(self, ifname: str, program: Sequence[Insn], geometry: RingGeometry) -> None:
+    def __init__(
+        self, ifname: str, program: Sequence[Insn], geometry: RingGeometry, raw_ip: bool = False
+    ) -> None:
         self.ifname = ifname
+        self.raw_ip = raw_ip
         self.program = list(program)
         self.resyncs = 0
         self.closed = False
@@ -69,8 +72,12 @@ class Kernel:
 
     links: list[netif.Interface] = field(default_factory=list)
 
-    def add(self, name: str, index: int, *addresses: str, up: bool = True) -> netif.Interface:
-        link = netif.Interface(name, index, up, "up" if up else "down", list(addresses))
+    def add(
+        self, name: str, index: int, *addresses: str, up: bool = True, link_type: int = 1
+    ) -> netif.Interface:
+        link = netif.Interface(
+            name, index, up, "up" if up else "down", list(addresses), link_type=link_type
+        )
         self.links.append(link)
         return link
 
@@ -85,7 +92,7 @@ class Kernel:
 def kernel(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Kernel:
     caplog.set_level("INFO")
     k = Kernel()
-    k.add("lo", 1, "127.0.0.1", "::1")
+    k.add("lo", 1, "127.0.0.1", "::1").loopback = True
     monkeypatch.setattr("tportknockd.interfaces.netif.list_interfaces", lambda: list(k.links))
     monkeypatch.setattr("tportknockd.interfaces.netif.ChangeWatcher", _no_watcher)
     monkeypatch.setattr("tportknockd.listener.Capture", FakeCapture)
@@ -102,7 +109,8 @@ FRAMES = [Frame(PROTO_UDP, KNOCK_PORT, None)]
 
 def interfaces_on(names: Sequence[str], frames: list[Frame] | None = None) -> Interfaces:
     wanted = FRAMES if frames is None else frames
-    return Interfaces(names, lambda: wanted, FakePoller(), Counters())  # type: ignore[arg-type]
+    selection = Selection.parse(names)
+    return Interfaces(selection, lambda: wanted, FakePoller(), Counters())  # type: ignore[arg-type]
 
 
 def udp_to(dst: str, port: int = KNOCK_PORT) -> bytes:
@@ -248,3 +256,239 @@ def test_close_closes_every_capture(kernel: Kernel) -> None:
     interfaces.close()
     assert all(c.closed for c in FakeCapture.opened)
 
+
+
+# --- several interfaces ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        (["knk0"], ("knk0",)),
+        (["knk0,knk2"], ("knk0", "knk2")),
+        (["knk0", "knk2"], ("knk0", "knk2")),
+        (["knk0, knk2", "knk0", "lo"], ("knk0", "knk2", "lo")),
+    ],
+)
+def test_i_takes_lists_and_repeats(values: list[str], names: tuple[str, ...]) -> None:
+    assert Selection.parse(values) == Selection(names)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["knk0,"], "an empty interface name"),
+        (["any,knk0"], "-i any already means every interface"),
+        (["knk0", "any"], "-i any already means every interface"),
+    ],
+)
+def test_i_mistakes(values: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Selection.parse(values)
+
+
+def test_any_is_every_interface_up_but_the_loopback() -> None:
+    every = Selection.parse(["any", "any"])
+    assert every == Selection(every=True)
+    assert every.listens_on(netif.Interface("knk0", 5, True, "up"))
+    assert not every.listens_on(netif.Interface("knk0", 5, False, "down"))
+    assert not every.listens_on(netif.Interface("lo", 1, True, "unknown", loopback=True))
+    assert Selection(("lo",)).listens_on(netif.Interface("lo", 1, True, "unknown", loopback=True))
+
+
+def test_a_packet_to_any_listened_interface_counts_on_each(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1", "2001:db8::1")
+    kernel.add("knk2", 6, "203.0.113.1", "2001:db8:1::1")
+    kernel.add("other", 7, "198.51.100.77")
+    interfaces = interfaces_on(["knk0,knk2"])
+    interfaces.start()
+    for name in ("knk0", "knk2"):
+        for address in ("198.51.100.1", "2001:db8::1", "203.0.113.1", "2001:db8:1::1"):
+            assert passes(interfaces, name, address), (name, address)
+        assert not passes(interfaces, name, "198.51.100.77")  # not listened on
+
+
+def test_ipv6_link_local_counts_only_on_its_own_interface(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1", "fe80::1%knk0")
+    kernel.add("knk2", 6, "203.0.113.1", "fe80::2%knk2")
+    interfaces = interfaces_on(["knk0", "knk2"])
+    interfaces.start()
+    assert passes(interfaces, "knk0", "fe80::1") and not passes(interfaces, "knk0", "fe80::2")
+    assert passes(interfaces, "knk2", "fe80::2") and not passes(interfaces, "knk2", "fe80::1")
+    assert interfaces.listeners["knk0"].accepted == {"198.51.100.1", "203.0.113.1", "fe80::1"}
+
+
+def test_loopback_addresses_never_count_even_on_lo(kernel: Kernel) -> None:
+    interfaces = interfaces_on(["lo"])
+    interfaces.start()
+    assert capture_of(interfaces, "lo").program == [(0x06, 0, 0, 0)]
+    # An ordinary address put on lo (a service address) does count there.
+    kernel.get("lo").addresses.append("203.0.113.9")
+    interfaces.follow()
+    assert passes(interfaces, "lo", "203.0.113.9")
+    assert not passes(interfaces, "lo", "127.0.0.1") and not passes(interfaces, "lo", "::1")
+
+
+def test_every_missing_interface_is_named_and_none_is_opened(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    with pytest.raises(StartupError, match=r"^no interface 'knk2', 'wg9' \(see tportknockd -l\)$"):
+        interfaces_on(["knk2,knk0,wg9"]).start()
+    assert FakeCapture.opened == []
+
+
+def test_one_interface_going_away_leaves_the_other_listening(
+    kernel: Kernel, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1")
+    interfaces = interfaces_on(["knk0", "knk2"])
+    interfaces.start()
+    kernel.remove("knk2")
+    interfaces.follow()
+    assert "interface knk2 is gone; waiting for it to come back" in caplog.text
+    assert not capture_of(interfaces, "knk0").closed
+    # Its addresses went with it: they count nowhere any more.
+    assert passes(interfaces, "knk0", "198.51.100.1")
+    assert not passes(interfaces, "knk0", "203.0.113.1")
+    kernel.add("knk2", 8, "203.0.113.1")
+    interfaces.follow()
+    assert passes(interfaces, "knk0", "203.0.113.1") and passes(interfaces, "knk2", "198.51.100.1")
+
+
+def test_an_address_added_to_one_interface_is_put_in_every_filter(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1")
+    interfaces = interfaces_on(["knk0", "knk2"])
+    interfaces.start()
+    kernel.get("knk2").addresses.append("203.0.113.5")
+    interfaces.follow()
+    assert passes(interfaces, "knk0", "203.0.113.5") and passes(interfaces, "knk2", "203.0.113.5")
+
+
+def test_refilter_compiles_each_distinct_address_set_once(
+    kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1")
+    interfaces = interfaces_on(["knk0", "knk2"])
+    interfaces.start()
+    compiled: list[object] = []
+    original = interfaces._program
+    monkeypatch.setattr(interfaces, "_program", lambda *a: compiled.append(a) or original(*a))
+    interfaces.refilter()
+    assert len(compiled) == 1
+    assert capture_of(interfaces, "knk0").program == capture_of(interfaces, "knk2").program
+
+
+# --- -i any ---------------------------------------------------------------------------------
+
+
+def test_any_listens_on_every_interface_up_but_lo(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1", up=False)
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    assert [c.ifname for c in FakeCapture.opened] == ["knk0"]
+    # Any address of the host counts, also one of an interface not (yet) listened on...
+    assert passes(interfaces, "knk0", "203.0.113.1")
+    # ...and one on lo, but never a loopback address.
+    kernel.get("lo").addresses.append("198.51.100.200")
+    interfaces.follow()
+    assert passes(interfaces, "knk0", "198.51.100.200")
+    assert not passes(interfaces, "knk0", "127.0.0.1")
+
+
+def test_any_picks_up_an_interface_once_it_is_up(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1", up=False)
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    kernel.get("knk2").up = True
+    kernel.add("knk4", 7, "203.0.113.33")
+    interfaces.follow()
+    assert [c.ifname for c in FakeCapture.opened] == ["knk0", "knk2", "knk4"]
+    assert passes(interfaces, "knk4", "198.51.100.1") and passes(interfaces, "knk0", "203.0.113.33")
+
+
+def test_any_forgets_a_deleted_interface_and_keeps_the_others(
+    kernel: Kernel, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, "203.0.113.1")
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    kernel.remove("knk2")
+    interfaces.follow()
+    assert "interface knk2 is gone" in caplog.text
+    assert sorted(interfaces.listeners) == ["knk0"]
+    assert not capture_of(interfaces, "knk0").closed
+    assert not passes(interfaces, "knk0", "203.0.113.1")
+
+
+def test_any_looks_for_new_interfaces_itself_without_rtnetlink(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    assert interfaces.watcher is None and interfaces.next_wakeup() is not None
+    named = interfaces_on(["knk0"])
+    named.start()
+    assert named.next_wakeup() is None
+
+
+def test_any_with_nothing_to_listen_on_yet_starts(
+    kernel: Kernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tportknockd.interfaces._check_can_capture", lambda: None)
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    assert interfaces.listeners == {}
+    kernel.add("knk0", 5, "198.51.100.1")
+    interfaces.follow()
+    assert passes(interfaces, "knk0", "198.51.100.1")
+
+
+def test_what_any_would_listen_on(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("knk2", 6, up=False)
+    assert any_would_listen_on(kernel.links) == (["knk0"], ["knk2"])
+
+
+# --- links without an Ethernet header --------------------------------------------------------
+
+ARPHRD_NONE, ARPHRD_CAN = 0xFFFE, 280
+
+
+def test_a_raw_ip_link_gets_a_raw_ip_capture_and_filter(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("wg0", 6, "203.0.113.1", link_type=ARPHRD_NONE)
+    interfaces = interfaces_on(["knk0,wg0"])
+    interfaces.start()
+    wg0, knk0 = capture_of(interfaces, "wg0"), capture_of(interfaces, "knk0")
+    assert wg0.raw_ip and not knk0.raw_ip
+    for address in ("203.0.113.1", "198.51.100.1"):
+        assert bpfvm.run(wg0.program, udp_to(address)[14:]) > 0
+        assert bpfvm.run(wg0.program, udp_to(address)) == 0
+        assert passes(interfaces, "knk0", address)
+    # Re-addressed: each keeps its kind of filter.
+    kernel.get("knk0").addresses.append("198.51.100.5")
+    interfaces.follow()
+    assert bpfvm.run(capture_of(interfaces, "wg0").program, udp_to("198.51.100.5")[14:]) > 0
+    interfaces.refilter()
+    assert bpfvm.run(capture_of(interfaces, "wg0").program, udp_to("198.51.100.5")[14:]) > 0
+    assert passes(interfaces, "knk0", "198.51.100.5")
+
+
+def test_a_named_link_that_carries_no_ip_stops_the_start(kernel: Kernel) -> None:
+    kernel.add("can0", 5, link_type=ARPHRD_CAN)
+    with pytest.raises(StartupError, match=r"^cannot capture on can0: its packets are neither"):
+        interfaces_on(["can0"]).start()
+
+
+def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("can0", 6, link_type=ARPHRD_CAN)
+    kernel.add("wg0", 7, "203.0.113.1", link_type=ARPHRD_NONE)
+    interfaces = interfaces_on(["any"])
+    interfaces.start()
+    assert sorted(interfaces.listeners) == ["knk0", "wg0"]
+    assert any_would_listen_on(kernel.links) == (["knk0", "wg0"], [])

@@ -9,6 +9,7 @@ def test_loopback_is_listed_with_its_addresses() -> None:
     lo = netif.find_interface("lo")
     assert lo is not None
     assert lo.index == 1 and "127.0.0.1" in lo.addresses
+    assert lo.loopback and lo.framing == "ethernet"  # lo has an all-zero Ethernet header
     assert any(link.name == "lo" for link in netif.list_interfaces())
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tportknockd import filter as bpf
 from tportknockd.model import Packet
-from tportknockd.packet import parse_ethernet
+from tportknockd.packet import parse_ethernet, parse_ip
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -93,9 +93,13 @@ class Capture:
         ifname: str,
         program: Sequence[bpf.Insn],
         geometry: RingGeometry | None = None,
+        raw_ip: bool = False,
     ) -> None:
+        """`raw_ip`: the link's packets start at the IP header (tun, WireGuard), not at an
+        Ethernet header; the filter must be compiled for the same."""
         self.ifname = ifname
         self.geometry = geometry or RingGeometry()
+        self._parse = parse_ip if raw_ip else parse_ethernet
         self.not_for_us = 0  # packets the ring held that were not addressed to this host
         self.resyncs = 0  # times the kernel's block and ours were found out of step
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
@@ -139,7 +143,7 @@ class Capture:
         Packets not addressed to this host (outgoing, broadcast, another host's) are skipped
         and counted in `not_for_us`. Each block is given back once its packets are read.
         """
-        ring = self._ring
+        ring, parse = self._ring, self._parse
         block_size = self.geometry.block_size
         block_count = self.geometry.block_count
         for index in range(max_blocks):
@@ -153,7 +157,7 @@ class Capture:
             for _ in range(count):
                 next_offset, snaplen, mac = _PACKET_HEADER.unpack_from(ring, position)
                 if ring[position + _PKTTYPE_OFFSET] == PACKET_HOST:
-                    yield parse_ethernet(ring, position + mac, snaplen)
+                    yield parse(ring, position + mac, snaplen)
                 else:
                     self.not_for_us += 1
                 position += next_offset

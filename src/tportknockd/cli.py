@@ -14,6 +14,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon import Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
+from tportknockd.interfaces import Selection, any_would_listen_on
 from tportknockd.state import DEFAULT_STATE_FILE
 
 log = logging.getLogger("tportknockd")
@@ -21,7 +22,7 @@ log = logging.getLogger("tportknockd")
 DEFAULT_PID_FILE = "/run/tportknockd.pid"
 
 USAGE = """\
-usage: tportknockd -c CONFIG -i DEVICE [-r SEC] [-d] [-D]
+usage: tportknockd -c CONFIG -i DEVICE[,DEVICE]... [-r SEC] [-d] [-D]
        tportknockd -C CONFIG [--show-sequences]
        tportknockd -l
        tportknockd -h"""
@@ -33,9 +34,11 @@ tportknockd {__version__} - tiny port-knocking daemon
 
   -c CONFIG   configuration file with the knock sequences
   -C CONFIG   check the configuration file for errors and display every sequence
-  -i DEVICE   interface to listen on
-  -r SEC      refresh the interface's addresses every SEC seconds
-  -l          list the network devices with their state and addresses
+  -i DEVICE   interface(s) to listen on: -i eth0,wg0 or -i eth0 -i wg0; -i any is every
+              interface but lo, present and future (each once it is up)
+  -r SEC      refresh the interfaces' addresses every SEC seconds
+  -l          list the network devices with their state and addresses, and what -i any
+              listens on
   -d          debug: log every counted packet and every state change
   -D          daemon mode: detach, write a pid file, log to syslog
   -h          this help
@@ -46,7 +49,8 @@ long options:
   --max-attempts N        knock attempts in progress kept at most (default {DEFAULT_MAX_ATTEMPTS})
   --max-commands N        commands running at once at most (default {DEFAULT_MAX_RUNNING})
   --command-timeout SEC   kill a command that runs longer (default {DEFAULT_TIME_LIMIT:g})
-  --ring-size MIB         capture ring size in MiB (default 2; more absorbs longer bursts)
+  --ring-size MIB         capture ring size in MiB, per interface (default 2; more absorbs
+                          longer bursts)
   --state-file FILE       where open doors are recorded to survive a crash
                           (default {DEFAULT_STATE_FILE}; 'none' to keep no record)
   --show-sequences        with -C: also show the current sequences of one-time events
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tportknockd", add_help=False, usage=USAGE)
     p.add_argument("-c", dest="config", metavar="CONFIG")
     p.add_argument("-C", dest="check", metavar="CONFIG")
-    p.add_argument("-i", dest="interface", metavar="DEVICE")
+    p.add_argument("-i", dest="interface", metavar="DEVICE", action="append")
     p.add_argument("-r", dest="refresh", type=_seconds_up_to_a_day, metavar="SEC")
     p.add_argument("-l", dest="list", action="store_true")
     p.add_argument("-d", dest="debug", action="store_true")
@@ -143,6 +147,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UsageError("-c CONFIG is required (or -C, -l, -h)")
     if not args.interface:
         raise UsageError("-i DEVICE is required")
+    try:
+        args.interface = Selection.parse(args.interface)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return serve(args)
 
 
@@ -156,6 +164,10 @@ def list_devices() -> int:
         state = "UP" if link.up else "DOWN"
         addresses = " ".join(link.addresses) or "-"
         print(f"{link.name:<16} {state:<5} {link.operstate:<8} {addresses}")
+    now, later = any_would_listen_on(links)
+    print(f"-i any listens on: {' '.join(now) or 'none yet'}", end="")
+    print(f"; once up: {' '.join(later)}" if later else "", end="")
+    print("; and on interfaces added later (never lo)")
     return 0
 
 
@@ -187,7 +199,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     options = Options(
         config_path=args.config,
-        interface=args.interface,
+        interfaces=args.interface,
         refresh=args.refresh,
         debug=args.debug,
         max_attempts=args.max_attempts,

@@ -27,7 +27,7 @@ from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
-from tportknockd.interfaces import Interfaces, StartupError
+from tportknockd.interfaces import Interfaces, Selection, StartupError
 from tportknockd.model import Config, Frame
 from tportknockd.sequencer import Sequencer, frames_of
 from tportknockd.sequences import Schedule
@@ -48,7 +48,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 @dataclass
 class Options:
     config_path: str
-    interface: str
+    interfaces: Selection
     refresh: float | None = None
     debug: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -80,7 +80,7 @@ class Daemon:
         )
         self.poller = select.poll()
         self.interfaces = Interfaces(
-            (options.interface,),
+            options.interfaces,
             self._current_frames,
             self.poller,
             self.counters,

@@ -2,7 +2,7 @@
 
 Every packet that reaches Python costs a ring slot, a wake-up and a parse, so the kernel drops
 everything that cannot be part of a knock: the filter passes a frame only when it is IPv4 or
-IPv6 (optionally behind one 802.1Q tag), is addressed to one of the interface's own addresses
+IPv6 (optionally behind one 802.1Q tag), is addressed to one of the local addresses it is given
 and carries a (protocol, destination port, TCP flag byte) that some configured frame wants.
 Non-first IPv4 fragments are dropped (they carry no ports). IPv6 packets whose next header is an
 extension header that the packet parser can walk are passed on (cBPF has no loops to walk the
@@ -20,6 +20,9 @@ Program shape::
     TCP: one dst-port chain; a port with exact flags loads the flag byte and compares it whole
     UDP: one dst-port chain
     (the port chains read [x+16] and [x+27], so all four network blocks share them)
+
+On a raw IP link (no link-layer header: tun, WireGuard) the version nibble takes the
+ethertype's place and the network blocks are shifted 14 bytes nearer.
 
 Jumps are written against labels; the assembler lays the program out back to front and
 inserts a trampoline (a copy of the `ret`, or a `ja` with its 32-bit offset) wherever a
@@ -72,6 +75,7 @@ ETH_P_8021Q = 0x8100
 # Offsets in an untagged Ethernet frame.
 _ETHERTYPE = 12
 _VLAN_TAG_LEN = 4
+_RAW_IP_SHIFT = -14  # no Ethernet header: the IP header starts at 0, not 14
 _IPV4_VERSION_IHL = 14
 _IPV4_FRAGMENT = 20
 _IPV4_PROTOCOL = 23
@@ -255,10 +259,14 @@ def _check_size(program: Sequence[Insn]) -> None:
 _PortTable = dict[int, dict[int, frozenset[int] | None]]
 
 
-def compile_filter(frames: Iterable[Frame], local_addrs: Iterable[str]) -> list[Insn]:
+def compile_filter(
+    frames: Iterable[Frame], local_addrs: Iterable[str], raw_ip: bool = False
+) -> list[Insn]:
     """The socket filter that passes exactly the packets that may be one of `frames` sent to
     one of `local_addrs` (plus IPv6 packets to those addresses with an extension header).
 
+    `raw_ip` is for links whose packets start at the IP header, with no Ethernet header in
+    front (tun, WireGuard, PPP, IP-in-IP tunnels).
     Raises ValueError for an address that is not an IP address, or when the program would be
     longer than the kernel allows.
     """
@@ -269,20 +277,26 @@ def compile_filter(frames: Iterable[Frame], local_addrs: Iterable[str]) -> list[
     asm = _Assembler()
     transport = {proto: _Label() for proto in ports}
     # One network-layer block per family and link-layer header length, so that the untagged
-    # path uses plain absolute loads; all of them share the transport blocks.
+    # path uses plain absolute loads; all of them share the transport blocks. A block's shift
+    # is where its IP header starts relative to where it starts behind a plain Ethernet header.
+    shifts = (_RAW_IP_SHIFT,) if raw_ip else (0, _VLAN_TAG_LEN)
     blocks = [
-        (vlan, ethertype, _Label())
-        for vlan in (0, _VLAN_TAG_LEN)
+        (shift, ethertype, _Label())
+        for shift in shifts
         for ethertype, present in ((ETH_P_IP, ipv4), (ETH_P_IPV6, ipv6))
         if present
     ]
-    _emit_link_layer(asm, {(vlan, ethertype): label for vlan, ethertype, label in blocks})
-    for vlan, ethertype, label in blocks:
+    labels = {(shift, ethertype): label for shift, ethertype, label in blocks}
+    if raw_ip:
+        _emit_ip_version(asm, labels)
+    else:
+        _emit_link_layer(asm, labels)
+    for shift, ethertype, label in blocks:
         asm.place(label)
         if ethertype == ETH_P_IP:
-            _emit_ipv4(asm, vlan, ipv4, transport)
+            _emit_ipv4(asm, shift, ipv4, transport)
         else:
-            _emit_ipv6(asm, vlan, ipv6, transport)
+            _emit_ipv6(asm, shift, ipv6, transport)
     for proto, label in transport.items():
         asm.place(label)
         _emit_port_chain(asm, ports[proto])
@@ -332,42 +346,53 @@ def _emit_link_layer(asm: _Assembler, blocks: dict[tuple[int, int], _Label]) -> 
     _emit_dispatch(asm, [(kind, label) for (vlan, kind), label in blocks.items() if not vlan], DROP)
 
 
+def _emit_ip_version(asm: _Assembler, blocks: dict[tuple[int, int], _Label]) -> None:
+    """Branch on the IP version nibble, for links without a link-layer header."""
+    asm.emit(BPF_LD | BPF_B | BPF_ABS, 0)
+    asm.emit(BPF_ALU | BPF_AND | BPF_K, 0xF0)
+    versions = {ETH_P_IP: 0x40, ETH_P_IPV6: 0x60}
+    _emit_dispatch(asm, [(versions[kind], label) for (_, kind), label in blocks.items()], DROP)
+
+
 def _emit_ipv4(
-    asm: _Assembler, vlan: int, addresses: Sequence[int], transport: dict[int, _Label]
+    asm: _Assembler, shift: int, addresses: Sequence[int], transport: dict[int, _Label]
 ) -> None:
-    """Destination, fragment offset, then X = header length (+ VLAN tag) and A = protocol."""
+    """Destination, fragment offset, then X = header length (+ shift) and A = protocol."""
     for_us = _Label()
-    asm.emit(BPF_LD | BPF_W | BPF_ABS, vlan + _IPV4_DST)
+    asm.emit(BPF_LD | BPF_W | BPF_ABS, shift + _IPV4_DST)
     _emit_dispatch(asm, [(address, for_us) for address in addresses], DROP)
     asm.place(for_us)
-    asm.emit(BPF_LD | BPF_H | BPF_ABS, vlan + _IPV4_FRAGMENT)
+    asm.emit(BPF_LD | BPF_H | BPF_ABS, shift + _IPV4_FRAGMENT)
     asm.emit(BPF_JMP | BPF_JSET | BPF_K, _IPV4_MORE_OFFSET_MASK, jt=DROP)
-    asm.emit(BPF_LDX | BPF_B | BPF_MSH, vlan + _IPV4_VERSION_IHL)
-    if vlan:
+    asm.emit(BPF_LDX | BPF_B | BPF_MSH, shift + _IPV4_VERSION_IHL)
+    if shift:
         asm.emit(BPF_MISC | BPF_TXA)
-        asm.emit(BPF_ALU | BPF_ADD | BPF_K, vlan)
+        if shift > 0:
+            asm.emit(BPF_ALU | BPF_ADD | BPF_K, shift)
+        else:
+            asm.emit(BPF_ALU | BPF_SUB | BPF_K, -shift)
         asm.emit(BPF_MISC | BPF_TAX)
-    asm.emit(BPF_LD | BPF_B | BPF_ABS, vlan + _IPV4_PROTOCOL)
+    asm.emit(BPF_LD | BPF_B | BPF_ABS, shift + _IPV4_PROTOCOL)
     _emit_dispatch(asm, list(transport.items()), DROP)
 
 
 def _emit_ipv6(
-    asm: _Assembler, vlan: int, addresses: Sequence[bytes], transport: dict[int, _Label]
+    asm: _Assembler, shift: int, addresses: Sequence[bytes], transport: dict[int, _Label]
 ) -> None:
-    """Destination, then X = 40 (+ VLAN tag) and A = next header."""
+    """Destination, then X = 40 (+ shift) and A = next header."""
     for_us = _Label()
-    asm.emit(BPF_LD | BPF_W | BPF_ABS, vlan + _IPV6_DST)
-    _emit_address_trie(asm, vlan, addresses, 0, for_us)
+    asm.emit(BPF_LD | BPF_W | BPF_ABS, shift + _IPV6_DST)
+    _emit_address_trie(asm, shift, addresses, 0, for_us)
     asm.place(for_us)
-    asm.emit(BPF_LDX | BPF_W | BPF_IMM, vlan + _IPV6_HEADER_LEN)
-    asm.emit(BPF_LD | BPF_B | BPF_ABS, vlan + _IPV6_NEXT_HEADER)
+    asm.emit(BPF_LDX | BPF_W | BPF_IMM, shift + _IPV6_HEADER_LEN)
+    asm.emit(BPF_LD | BPF_B | BPF_ABS, shift + _IPV6_NEXT_HEADER)
     cases: list[tuple[int, _Target]] = list(transport.items())
     cases += [(header, ACCEPT) for header in IPV6_PASSED_EXTENSION_HEADERS]
     _emit_dispatch(asm, cases, DROP)
 
 
 def _emit_address_trie(
-    asm: _Assembler, vlan: int, addresses: Sequence[bytes], word: int, for_us: _Label
+    asm: _Assembler, shift: int, addresses: Sequence[bytes], word: int, for_us: _Label
 ) -> None:
     """Compare the destination one 32-bit word at a time (A holds word `word`).
 
@@ -385,8 +410,8 @@ def _emit_address_trie(
         last = position == len(groups) - 1
         next_group: _Target = DROP if last else _Label()
         asm.emit(BPF_JMP | BPF_JEQ | BPF_K, value, jf=next_group)
-        asm.emit(BPF_LD | BPF_W | BPF_ABS, vlan + _IPV6_DST + 4 * (word + 1))
-        _emit_address_trie(asm, vlan, members, word + 1, for_us)
+        asm.emit(BPF_LD | BPF_W | BPF_ABS, shift + _IPV6_DST + 4 * (word + 1))
+        _emit_address_trie(asm, shift, members, word + 1, for_us)
         if isinstance(next_group, _Label):
             asm.place(next_group)
 

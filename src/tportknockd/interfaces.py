@@ -1,22 +1,32 @@
 """Following the listened interfaces and their addresses.
 
-`Interfaces` holds one `Listener` per listened interface and keeps them in line with the
-kernel: it opens a capture when an interface is there, closes it when the interface is deleted
-or re-created (a new index), logs it going down and up, and recompiles every listener's kernel
-filter when the addresses change. It learns of changes from rtnetlink announcements at once,
-from the captures themselves (errors, a socket readable with nothing in it), every second
-while an interface is missing or down, and every -r seconds as a safety net.
+`-i` names interfaces (`-i eth0,wg0`, `-i eth0 -i wg0`) or says `any`: every interface but the
+loopback, present and future, each listened on once it is up. `Interfaces` holds one
+`Listener` per listened interface and keeps them in line with the kernel: it opens a capture
+when an interface is there, closes it when the interface is deleted or re-created (a new
+index), logs it going down and up, and recompiles the kernel filters when addresses change.
+It learns of changes from rtnetlink announcements at once, from the captures themselves
+(errors, a socket readable with nothing in it), every second while an interface is missing
+or down, and every -r seconds as a safety net. One interface going away never stops others.
 
-The filter is always compiled from `frames()`, the frames the engine currently wants, and the
-addresses: `refilter()` is the one call that puts a new set of frames in place everywhere.
+Which destinations count is Linux's own rule for what it accepts: an address of any listened
+interface, whichever of them the packet came in on (for `any`: any address of the host); an
+IPv6 link-local address only on its own interface. Loopback addresses (127.0.0.0/8, ::1)
+never count.
+
+The filters are always compiled from `frames()`, the frames the engine currently wants, and
+the addresses: `refilter()` is the one call that puts a new set of frames in place everywhere.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import select
+import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
 
 from tportknockd import filter as bpf
 from tportknockd import netif
@@ -28,16 +38,57 @@ from tportknockd.statistics import Counters
 log = logging.getLogger("tportknockd")
 
 LINK_CHECK = 1.0  # seconds between checks while an interface is down or missing
+ANY = "any"
 
 
 class StartupError(Exception):
     """A problem that stops the daemon before it runs: one clear line for the user."""
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The interfaces to listen on: some by name, or every one but the loopback (`any`)."""
+
+    names: tuple[str, ...] = ()
+    every: bool = False
+
+    @classmethod
+    def parse(cls, values: Iterable[str]) -> Selection:
+        """From the -i values, each a comma-separated list; ValueError when they make no sense."""
+        names: list[str] = []
+        for value in values:
+            for name in (part.strip() for part in value.split(",")):
+                if not name:
+                    raise ValueError(f"-i {value!r}: an empty interface name")
+                if name not in names:
+                    names.append(name)
+        if not names:
+            raise ValueError("-i: no interface named")
+        if ANY in names:
+            if len(names) > 1:
+                raise ValueError("-i any already means every interface: name no others with it")
+            return cls(every=True)
+        return cls(tuple(names))
+
+    def listens_on(self, link: netif.Interface) -> bool:
+        """Is `link` one to open a capture on now? (`any`: once it is up, never loopback,
+        and only links that carry IP in a way the filter knows: Ethernet or raw IP.)"""
+        if self.every:
+            return link.up and not link.loopback and link.framing is not None
+        return link.name in self.names
+
+    def counts_addresses_of(self, link: netif.Interface) -> bool:
+        """Do packets to `link`'s addresses count (on whichever listened interface)?"""
+        return self.every or link.name in self.names
+
+    def describe(self) -> str:
+        return "every interface but the loopback" if self.every else ", ".join(self.names)
+
+
 class Interfaces:
     def __init__(
         self,
-        names: Sequence[str],
+        selection: Selection,
         frames: Callable[[], Iterable[Frame]],
         poller: select.poll,
         counters: Counters,
@@ -45,47 +96,72 @@ class Interfaces:
         refresh: float | None = None,
         debug: bool = False,
     ) -> None:
-        self.names = tuple(names)
+        self.selection = selection
         self._frames = frames
         self._poller = poller
+        self.counters = counters
+        self.geometry = geometry or RingGeometry()
         self.refresh = refresh  # -r: re-read everything every `refresh` seconds
         self.debug = debug
-        geometry = geometry or RingGeometry()
-        self.listeners = {name: Listener(name, counters, geometry, debug) for name in self.names}
+        self.listeners: dict[str, Listener] = {}
+        for name in selection.names:
+            self._listener(name)
         self._by_fd: dict[int, Listener] = {}
         self.watcher: netif.ChangeWatcher | None = None
         self._next_check = 0.0
         self._next_refresh = 0.0
 
+    def _listener(self, name: str) -> Listener:
+        listener = self.listeners.get(name)
+        if listener is None:
+            listener = Listener(name, self.counters, self.geometry, self.debug)
+            self.listeners[name] = listener
+        return listener
+
     # -- start-up -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open a capture on every listened interface; StartupError with a line for people."""
+        """Open a capture on every listened interface; StartupError with a line for people.
+
+        The rtnetlink watch starts first, so that no interface appearing meanwhile is missed.
+        """
         self._watch()
-        links = {link.name: link for link in netif.list_interfaces()}
-        missing = [name for name in self.names if name not in links]
+        links = netif.list_interfaces()
+        present = {link.name for link in links}
+        missing = [name for name in self.selection.names if name not in present]
         if missing:
             raise StartupError(
                 f"no interface {', '.join(repr(n) for n in missing)} (see tportknockd -l)"
             )
-        for name, listener in self.listeners.items():
-            link = links[name]
-            listener.set_addresses(_own_addresses(link), _own_addresses(link))
-            try:
-                self._open(listener, link)
-            except PermissionError as exc:
-                raise StartupError(
-                    f"capturing on {name} needs root or CAP_NET_RAW ({exc.strerror})"
-                ) from None
-            except OSError as exc:
-                raise StartupError(f"cannot capture on {name}: {exc}") from None
-            except ValueError as exc:
-                raise StartupError(f"cannot build the kernel filter: {exc}") from None
+        if self.selection.every:
+            _check_can_capture()
+            log.info("listening on every interface but the loopback, present and future")
+        self._add_listeners(links)
+        self._update_addresses(links)
+        for link in links:
+            if self.selection.listens_on(link):
+                self._open_at_start(self.listeners[link.name], link)
+        self._next_check = time.monotonic() + LINK_CHECK
         self._next_refresh = time.monotonic() + (self.refresh or 0)
+
+    def _open_at_start(self, listener: Listener, link: netif.Interface) -> None:
+        try:
+            self._open(listener, link)
+        except PermissionError as exc:
+            raise StartupError(
+                f"capturing on {link.name} needs root or CAP_NET_RAW ({exc.strerror})"
+            ) from None
+        except (OSError, ValueError) as exc:
+            if self.selection.every:  # one odd interface does not stop the others
+                log.warning("cannot capture on %s: %s", link.name, exc)
+            elif isinstance(exc, ValueError):
+                raise StartupError(f"cannot build the kernel filter: {exc}") from None
+            else:
+                raise StartupError(f"cannot capture on {link.name}: {exc}") from None
 
     def _watch(self) -> None:
         """Follow link and address changes as the kernel announces them, so a new address
-        is knockable at once; -r then only adds a periodic re-read on top."""
+        (or, with `any`, a new interface) counts at once; -r adds a periodic re-read."""
         try:
             self.watcher = netif.ChangeWatcher()
         except OSError as exc:
@@ -109,7 +185,7 @@ class Interfaces:
         if self.refresh and now >= self._next_refresh:
             self._next_refresh = now + self.refresh
             self.follow()
-        elif self._waiting() and now >= self._next_check:
+        elif now >= self._next_check and self._waiting():
             self.follow()
 
     def next_wakeup(self) -> float | None:
@@ -122,6 +198,10 @@ class Interfaces:
         return wake
 
     def _waiting(self) -> bool:
+        """Is something to be looked for: a missing or down interface, or (`any` without
+        rtnetlink) new ones?"""
+        if self.selection.every and self.watcher is None:
+            return True
         return any(li.capture is None or not li.up for li in self.listeners.values())
 
     # -- following the kernel -------------------------------------------------------------
@@ -137,38 +217,81 @@ class Interfaces:
         self.follow_links(links)
 
     def follow_links(self, links: Iterable[netif.Interface]) -> None:
+        links = list(links)
+        self._close_gone(links)
+        self._add_listeners(links)
+        self._update_addresses(links)
+        for link in links:
+            listener = self.listeners.get(link.name)
+            if listener is None:
+                continue
+            if listener.capture is not None:
+                listener.follow_state(link)
+            elif self.selection.listens_on(link):
+                self._reopen(listener, link)
+
+    def _add_listeners(self, links: list[netif.Interface]) -> None:
+        """A listener for each interface to listen on that has none (new ones, with `any`)."""
+        for link in links:
+            if link.name not in self.listeners and self.selection.listens_on(link):
+                self._listener(link.name)
+
+    def _close_gone(self, links: list[netif.Interface]) -> None:
+        """Close the captures whose interface was deleted (or re-created: a new index)."""
         by_name = {link.name: link for link in links}
-        for name, listener in self.listeners.items():
+        for name, listener in list(self.listeners.items()):
             link = by_name.get(name)
             if listener.capture is not None and not listener.is_same_interface(link):
-                log.warning("interface %s is gone; waiting for it to come back", name)
                 self._close(listener)
-            if link is None:
-                continue
-            if listener.capture is None:
-                listener.set_addresses(_own_addresses(link), _own_addresses(link))
-                self._reopen(listener, link)
-                continue
-            listener.follow_state(link)
-            self._update_addresses(listener, _own_addresses(link))
+                if self.selection.every:
+                    log.warning("interface %s is gone", name)
+                else:
+                    log.warning("interface %s is gone; waiting for it to come back", name)
+            unwanted = link is None or not self.selection.listens_on(link)
+            if self.selection.every and listener.capture is None and unwanted:
+                del self.listeners[name]  # `any` listens on it again if it comes (back) up
 
-    def _update_addresses(self, listener: Listener, new: frozenset[str]) -> None:
-        if new == listener.addresses:
+    def _update_addresses(self, links: list[netif.Interface]) -> None:
+        """Give every listener the destinations that count on it; refilter those that changed."""
+        by_name = {link.name: link for link in links}
+        shared: set[str] = set()
+        for link in links:
+            if self.selection.counts_addresses_of(link):
+                shared.update(a for a in own_addresses(link) if not _is_link_local(a))
+        for name, listener in self.listeners.items():
+            current = by_name.get(name)
+            own = own_addresses(current) if current is not None else frozenset()
+            accepted = shared.union(a for a in own if _is_link_local(a))
+            if listener.capture is None:
+                listener.set_addresses(own, accepted)
+            elif listener.is_same_interface(current):
+                self._readdress(listener, own, accepted)
+
+    def _readdress(self, listener: Listener, own: frozenset[str], accepted: set[str]) -> None:
+        if own != listener.addresses:
+            log.info(
+                "addresses of %s changed: %s -> %s",
+                listener.name,
+                ", ".join(sorted(listener.addresses)) or "none",
+                ", ".join(sorted(own)) or "none",
+            )
+        if accepted == listener.accepted:
+            listener.set_addresses(own, accepted)
             return
-        log.info(
-            "addresses of %s changed: %s -> %s",
-            listener.name,
-            ", ".join(sorted(listener.addresses)) or "none",
-            ", ".join(sorted(new)) or "none",
-        )
-        listener.set_addresses(new, new)
         try:
-            listener.set_filter(self._program(listener.accepted))
+            program = self._program(accepted, listener.raw_ip)
         except ValueError as exc:
             log.error("kernel filter for the new addresses: %s; keeping the old filter", exc)
+            return
+        listener.set_addresses(own, accepted)
+        listener.set_filter(program)
 
     def _open(self, listener: Listener, link: netif.Interface) -> None:
-        listener.open(link, self._program(listener.accepted))
+        if link.framing is None:
+            raise OSError(
+                f"its packets are neither Ethernet frames nor bare IP (link type {link.link_type})"
+            )
+        listener.open(link, self._program(listener.accepted, link.framing == "raw-ip"))
         self._by_fd[listener.fileno()] = listener
         self._poller.register(listener.fileno(), select.POLLIN)
 
@@ -193,21 +316,26 @@ class Interfaces:
         for the kernel) leaves every filter as it was.
         """
         wanted = list(self._frames() if frames is None else frames)
-        programs = [(li, self._program(li.accepted, wanted)) for li in self.listeners.values()]
-        for listener, program in programs:
-            listener.set_filter(program)
+        compiled: dict[tuple[frozenset[str], bool], list[bpf.Insn]] = {}
+        for listener in self.listeners.values():
+            key = (listener.accepted, listener.raw_ip)
+            if key not in compiled:
+                compiled[key] = self._program(listener.accepted, listener.raw_ip, wanted)
+        for listener in self.listeners.values():
+            listener.set_filter(compiled[listener.accepted, listener.raw_ip])
 
     def _program(
-        self, addresses: Iterable[str], frames: Iterable[Frame] | None = None
+        self, addresses: Collection[str], raw_ip: bool, frames: Iterable[Frame] | None = None
     ) -> list[bpf.Insn]:
-        """The kernel filter for `frames` (default: the current ones) sent to `addresses`.
+        """The kernel filter for `frames` (default: the current ones) sent to `addresses`,
+        for a link with an Ethernet header or (`raw_ip`) without.
 
         Raises ValueError when it would not fit in a classic BPF program.
         """
-        addresses = list(addresses)
         if not addresses:
             return bpf.drop_all()
-        program = bpf.compile_filter(self._frames() if frames is None else frames, addresses)
+        wanted = self._frames() if frames is None else frames
+        program = bpf.compile_filter(wanted, addresses, raw_ip)
         if self.debug:
             log.debug(
                 "kernel filter (%d instructions):\n%s", len(program), bpf.disassemble(program)
@@ -233,6 +361,34 @@ class Interfaces:
             self.watcher = None
 
 
-def _own_addresses(link: netif.Interface) -> frozenset[str]:
-    # Zones (fe80::1%eth0) are not part of the address a packet carries.
-    return frozenset(a.split("%", 1)[0] for a in link.addresses)
+def own_addresses(link: netif.Interface) -> frozenset[str]:
+    """The addresses of `link` that can count: without zone (fe80::1%eth0: a packet carries
+    none), and without loopback addresses (127.0.0.0/8, ::1), which never count."""
+    bare = (a.split("%", 1)[0] for a in link.addresses)
+    return frozenset(a for a in bare if not ipaddress.ip_address(a).is_loopback)
+
+
+def _is_link_local(address: str) -> bool:
+    # IPv6 link-local addresses belong to one link: Linux takes them only on their own
+    # interface. IPv4 link-local (169.254/16) is accepted on any, like every IPv4 address.
+    return ":" in address and ipaddress.ip_address(address).is_link_local
+
+
+def any_would_listen_on(links: Collection[netif.Interface]) -> tuple[list[str], list[str]]:
+    """For -l: the interfaces `-i any` listens on now, and those it will once they are up."""
+    every = Selection(every=True)
+    now = [link.name for link in links if every.listens_on(link)]
+    later = [
+        link.name for link in links if not link.up and every.listens_on(replace(link, up=True))
+    ]
+    return now, later
+
+
+def _check_can_capture() -> None:
+    """With `any` there may be nothing to open yet: find out now whether we could."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0).close()
+    except PermissionError as exc:
+        raise StartupError(f"capturing needs root or CAP_NET_RAW ({exc.strerror})") from None
+    except OSError as exc:
+        raise StartupError(f"cannot capture: {exc}") from None

@@ -43,6 +43,7 @@ class Listener:
         self.geometry = geometry
         self.debug = debug
         self.capture: Capture | None = None
+        self.raw_ip = False  # its packets start at the IP header (tun, WireGuard)
         self.index = 0
         self.up = True
         self.addresses: frozenset[str] = frozenset()  # its own, as the log shows them
@@ -53,8 +54,11 @@ class Listener:
     # -- the capture ----------------------------------------------------------------------
 
     def open(self, link: netif.Interface, program: Sequence[bpf.Insn]) -> None:
-        """Open the capture on `link` with `program` as its filter; OSError when it fails."""
-        self.capture = Capture(link.name, program, self.geometry)
+        """Open the capture on `link` with `program` (compiled for `link.framing`) as its
+        filter; OSError when it fails."""
+        raw_ip = link.framing == "raw-ip"
+        self.capture = Capture(link.name, program, self.geometry, raw_ip)
+        self.raw_ip = raw_ip
         self.index = link.index
         self.up = link.up
         self._empty_wakeups = 0

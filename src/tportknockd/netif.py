@@ -19,7 +19,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_IFNAME = 3
 IFLA_OPERSTATE = 16
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-IFF_UP, IFF_RUNNING = 0x1, 0x40
+IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -27,6 +27,12 @@ _IFADDRMSG = struct.Struct("=BBBBi")
 _RTATTR = struct.Struct("=HH")
 
 _OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+# Link types (ARPHRD_*) by what a packet socket sees in front of the IP header.
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+ETHERNET_FRAMED = frozenset({ARPHRD_ETHER, ARPHRD_LOOPBACK})
+#: No link-layer header at all: none (tun, WireGuard), PPP, raw IP, IP-in-IP, IPv6-in-IP, SIT.
+RAW_IP = frozenset({0xFFFE, 512, 519, 768, 769, 776})
 
 
 @dataclass
@@ -36,6 +42,17 @@ class Interface:
     up: bool  # administratively up (IFF_UP)
     operstate: str
     addresses: list[str] = field(default_factory=list)
+    loopback: bool = False  # IFF_LOOPBACK: never part of `-i any`
+    link_type: int = ARPHRD_ETHER  # ARPHRD_*
+
+    @property
+    def framing(self) -> str | None:
+        """ "ethernet" or "raw-ip" (what its packets start with), None for other link types."""
+        if self.link_type in ETHERNET_FRAMED:
+            return "ethernet"
+        if self.link_type in RAW_IP:
+            return "raw-ip"
+        return None
 
 
 def _align(n: int) -> int:
@@ -82,14 +99,23 @@ def _links() -> list[Interface]:
     for kind, payload in _dump(RTM_GETLINK, socket.AF_UNSPEC):
         if kind != RTM_NEWLINK:
             continue
-        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+        _family, link_type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
         name, operstate = "", "unknown"
         for attr, value in _attributes(payload, _IFINFOMSG.size):
             if attr == IFLA_IFNAME:
                 name = value.rstrip(b"\0").decode(errors="replace")
             elif attr == IFLA_OPERSTATE and value:
                 operstate = _OPERSTATES[value[0]] if value[0] < len(_OPERSTATES) else "unknown"
-        links.append(Interface(name, index, bool(flags & IFF_UP), operstate))
+        links.append(
+            Interface(
+                name,
+                index,
+                bool(flags & IFF_UP),
+                operstate,
+                loopback=bool(flags & IFF_LOOPBACK),
+                link_type=link_type,
+            )
+        )
     return links
 
 

@@ -241,10 +241,12 @@ StartDaemon = Callable[..., DaemonRun]
 def start_daemon(pair: Pair, tmp_path: Path) -> Iterator[StartDaemon]:
     """`start_daemon(config_text, *options)` starts tportknockd in the server namespace and
     waits for `ready:`. The config text may use `{out}` for the actions file. With
-    `wait_ready=False` it only starts it."""
+    `wait_ready=False` it only starts it; `interfaces` is what -i gets (default: the pair's
+    server end)."""
     runs: list[DaemonRun] = []
 
-    def start(config_text: str, *options: str, wait_ready: bool = True) -> DaemonRun:
+    def start(config_text: str, *options: str, wait_ready: bool = True,
+              interfaces: str | None = None) -> DaemonRun:
         n = len(runs)
         actions = tmp_path / "actions"
         config = tmp_path / f"knock{n}.conf"
@@ -257,7 +259,7 @@ def start_daemon(pair: Pair, tmp_path: Path) -> Iterator[StartDaemon]:
         with open(run.log, "w") as log:
             run.proc = pair.popen(
                 pair.server,
-                daemon_argv("-c", str(config), "-i", pair.server_if, *options),
+                daemon_argv("-c", str(config), "-i", interfaces or pair.server_if, *options),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=child_env(),
             )
