@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from packaging import (
+from packaging_helpers import (
     MAN,
     REPO,
     code_blocks,
