@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from packaging_helpers import (
     FULL_ROOT_DROPIN,
     REPO,
@@ -20,7 +21,6 @@ from packaging_helpers import (
     unit_settings,
     unit_value,
 )
-
 from tportknockd.cli import main
 
 #: The most `systemd-analyze security` may rate the unit (0 locked down ... 10 unsafe).

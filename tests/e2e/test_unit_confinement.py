@@ -50,14 +50,15 @@ def _free_id() -> int:
     raise AssertionError("no free uid between 64100 and 65000")
 
 
-def unit_setpriv(uid: int) -> list[str]:
-    """A command prefix that gives a process what the unit gives the daemon."""
+def unit_setpriv(uid: int, gid: int | None = None) -> list[str]:
+    """A command prefix that gives a process what the unit gives the daemon (User=, Group=
+    as uid and gid)."""
     ambient = sorted(c.removeprefix("CAP_").lower()
                      for c in unit_capabilities("AmbientCapabilities"))
     bounding = sorted(c.removeprefix("CAP_").lower()
                       for c in unit_capabilities("CapabilityBoundingSet"))
     argv = [
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups",
         "--inh-caps=" + ",".join(["-all", *(f"+{c}" for c in ambient)]),
         "--ambient-caps=" + ",".join(["-all", *(f"+{c}" for c in ambient)]),
         "--bounding-set=" + ",".join(["-all", *(f"+{c}" for c in bounding)]),
