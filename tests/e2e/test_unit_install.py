@@ -1,9 +1,11 @@
-"""The .deb as an administrator meets it: `apt install ./dist/tportknockd_*.deb`, man pages,
-the shipped config, the installed daemon running as the package's user the way the unit runs
-it, then remove and purge, after which nothing of it is left on the machine.
+"""Installing for real, as an administrator does: the .deb (`apt install
+./dist/tportknockd_*.deb`, man pages, the shipped config, the installed daemon running as the
+package's user the way the unit runs it, then remove and purge) and `make install` from the
+checkout (then `make uninstall`, with and without PURGE=yes). Afterwards nothing of either is
+left on the machine.
 
-This changes the machine while it runs (a package, a system user); it leaves it as it found
-it, and a package left installed by an interrupted run is purged first.
+This changes the machine while it runs (a package or files in /usr/local, a system user); it
+leaves it as it found it, and a package left installed by an interrupted run is purged first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from conftest import DaemonRun, require_root
 from test_unit_confinement import unit_setpriv
 
 from netns import CLIENT_V4, SERVER_V4, Pair
-from packaging_helpers import BUILD_SCRIPT, require_tool
+from packaging_helpers import BUILD_SCRIPT, REPO, require_tool
 from tportknockd import __version__
 from tportknockd.config import format_frame, load_config
 
@@ -32,6 +34,9 @@ PACKAGE = "tportknockd"
 USER = "tportknockd"
 #: Where a file of the package could be left behind (/lib and /bin are links into /usr).
 SEARCHED = ["/etc", "/usr", "/var", "/opt", "/srv"]
+#: man-db's cache of formatted pages (`man` and `systemd-analyze verify` fill it; its cron job
+#: expires it): not the package's, but the tests clean up what they put there.
+MAN_CACHE = "/var/cache/man"
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
 ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
 
@@ -50,9 +55,31 @@ def _package_status() -> str:
 
 
 def _traces() -> set[str]:
-    """Every path on the machine with the package's name in it."""
-    found = _sh("find", *SEARCHED, "-xdev", "-name", "*tportknock*", check=False)
+    """Every path on the machine with the package's name in it, but for man-db's cache."""
+    found = _sh("find", *SEARCHED, "-xdev", "-path", MAN_CACHE, "-prune", "-o",
+                "-name", "*tportknock*", "-print", check=False)
     return set(found.stdout.split())
+
+
+def _man_cache() -> set[Path]:
+    return set(Path(MAN_CACHE).glob("**/cat*/*tportknock*"))
+
+
+@pytest.fixture
+def clean_machine() -> Iterator[set[str]]:
+    """The package's traces before the test (normally none); afterwards, man-db's cache
+    loses the pages the test formatted."""
+    require_root()
+    if _package_status() != "not known":
+        _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
+    cached = _man_cache()
+    try:
+        yield _traces()
+    finally:
+        if _package_status() != "not known":
+            _sh(*APT, "purge", PACKAGE, check=False)
+        for page in _man_cache() - cached:
+            page.unlink()
 
 
 def _user_exists() -> bool:
@@ -60,18 +87,11 @@ def _user_exists() -> bool:
 
 
 @pytest.fixture
-def deb(tmp_path: Path) -> Iterator[Path]:
-    require_root()
+def deb(clean_machine: set[str], tmp_path: Path) -> Path:
     for tool, package in (("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("man", "man-db")):
         require_tool(tool, package)
-    if _package_status() != "not known":
-        _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
     built = _sh("sh", str(BUILD_SCRIPT), str(tmp_path))
-    try:
-        yield Path(built.stdout.strip())
-    finally:
-        if _package_status() != "not known":
-            _sh(*APT, "purge", PACKAGE, check=False)
+    return Path(built.stdout.strip())
 
 
 def _mode(path: str) -> tuple[str, str, int]:
@@ -133,9 +153,9 @@ def _run_as_the_unit(pair: Pair, tmp_path: Path) -> None:
 
 
 def test_install_check_remove_purge_leaves_nothing_behind(
-    deb: Path, pair: Pair, tmp_path: Path
+    deb: Path, clean_machine: set[str], pair: Pair, tmp_path: Path
 ) -> None:
-    before = _traces()
+    before = clean_machine
     user_before = _user_exists()
 
     _sh(*APT, "install", str(deb))
@@ -155,3 +175,31 @@ def test_install_check_remove_purge_leaves_nothing_behind(
     assert _traces() == before, f"left behind: {_traces() - before}"
     assert _user_exists() == user_before
     assert USER not in _sh("dpkg-statoverride", "--list").stdout
+
+
+def test_make_install_then_uninstall_leaves_nothing_behind(clean_machine: set[str]) -> None:
+    before = clean_machine
+    user_before = _user_exists()
+    make = ["make", "-C", str(REPO), "--no-print-directory"]
+    _sh(*make, "install")
+    version = _sh("/usr/local/sbin/tportknockd", "--version")
+    assert version.stdout == f"tportknockd {__version__}\n"
+    user = pwd.getpwnam(USER)
+    assert _mode("/etc/tportknockd.conf") == ("root", USER, 0o640)
+    assert _mode("/var/lib/tportknockd") == (USER, USER, 0o700)
+    # The daemon's user reads the config, with the system's Python.
+    as_user = _sh("setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                  "--clear-groups", "/usr/local/sbin/tportknockd", "-C", "/etc/tportknockd.conf")
+    assert "1 event OK" in as_user.stdout
+    assert _sh("man", "-w", "tportknockd.conf").stdout.strip().endswith("tportknockd.conf.5.gz")
+    unit = "/usr/local/lib/systemd/system/tportknockd.service"
+    assert "ExecStart=/usr/local/sbin/tportknockd " in Path(unit).read_text()
+    verify = _sh("systemd-analyze", "verify", unit)
+    assert verify.stdout + verify.stderr == ""
+
+    _sh(*make, "uninstall")
+    assert _traces() - before == {"/etc/tportknockd.conf", "/etc/default/tportknockd"}
+    assert _user_exists()
+    _sh(*make, "uninstall", "PURGE=yes")
+    assert _traces() == before
+    assert _user_exists() == user_before
