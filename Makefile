@@ -9,7 +9,8 @@ PY     := $(VENV)/bin/python
 # System packages the tests, the demo and the package checks use (Debian), as command:package.
 # A no-op when every command is there.
 DEB_TOOLS := ip:iproute2 sysctl:procps setpriv:util-linux nft:nftables iptables:iptables \
-	systemd-analyze:systemd groff:groff-base man:man-db lintian:lintian dpkg-deb:dpkg
+	systemd-analyze:systemd groff:groff-base man:man-db lintian:lintian dpkg-deb:dpkg \
+	strace:strace
 deps:
 	@missing=; for pair in $(DEB_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \

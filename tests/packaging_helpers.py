@@ -198,6 +198,34 @@ def unit_capabilities(key: str, path: Path = UNIT) -> set[str]:
     return set(unit_value(key, path).split())
 
 
+def syscall_group(name: str) -> set[str]:
+    """The system calls of a systemd group such as @system-service, nested groups expanded."""
+    listing = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", name],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    calls: set[str] = set()
+    for line in listing.splitlines():
+        word = line.strip()
+        if not word or word.startswith("#") or word == name:
+            continue
+        calls |= syscall_group(word) if word.startswith("@") else {word}
+    return calls
+
+
+def unit_syscall_allowlist(path: Path = UNIT) -> set[str]:
+    """What the unit's SystemCallFilter= lines allow, read as systemd reads them: the first
+    line, without '~', starts an allow list; later lines add to it, or with '~' take away."""
+    allowed: set[str] = set()
+    lines = [value for key, value in unit_settings(path) if key == "SystemCallFilter"]
+    assert lines and not lines[0].startswith("~"), "expected an allow list"
+    for value in lines:
+        negate = value.startswith("~")
+        names: set[str] = set()
+        for word in value.lstrip("~").split():
+            names |= syscall_group(word) if word.startswith("@") else {word}
+        allowed = allowed - names if negate else allowed | names
+    return allowed
+
+
 # --- staged installs -------------------------------------------------------------------------
 
 

@@ -3,8 +3,11 @@ unprivileged user with the unit's ambient capabilities, bounding set, no-new-pri
 umask (taken from the unit file, through setpriv), on the system's Python. A real knock opens
 and closes a real nftables door, and an iptables one, from inside that confinement.
 
-The rest of the unit's sandbox (system call filter, read-only file system, private devices,
-...) needs systemd itself; tests/test_packaging_unit.py checks it with systemd-analyze.
+The system call filter is checked against what really happens: under strace, every system
+call the daemon and its commands make while a knock opens and closes a door must be one the
+unit's SystemCallFilter= allows (a call it does not allow fails with EPERM under systemd).
+The rest of the unit's sandbox (read-only file system, private devices, ...) needs systemd
+itself; tests/test_packaging_unit.py checks it with systemd-analyze.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +30,14 @@ from conftest import DEADLINE, DaemonRun, child_env, wait_until
 from test_firewall import PORT, SERVICE, answer
 
 from netns import CLIENT_V4, SERVER_V4, Pair
-from packaging_helpers import REPO, SYSTEM_PYTHON, unit_capabilities, unit_value
+from packaging_helpers import (
+    REPO,
+    SYSTEM_PYTHON,
+    require_tool,
+    unit_capabilities,
+    unit_syscall_allowlist,
+    unit_value,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +113,9 @@ def confined() -> Iterator[Confined]:
         shutil.rmtree(root)
 
 
-def start_confined(pair: Pair, confined: Confined, tmp_path: Path, config: str) -> DaemonRun:
+def start_confined(pair: Pair, confined: Confined, tmp_path: Path, config: str,
+                   trace: Path | None = None) -> DaemonRun:
+    """The daemon as the unit runs it; with `trace`, under `strace -f -o trace`."""
     confined.config.write_text(config)
     actions = confined.state / "actions"
     run = DaemonRun(pair, tmp_path, confined.config, tmp_path / "daemon.log", actions)
@@ -110,10 +123,18 @@ def start_confined(pair: Pair, confined: Confined, tmp_path: Path, config: str) 
     argv = [*unit_setpriv(confined.uid), SYSTEM_PYTHON, "-m", "tportknockd",
             "-c", str(confined.config), "-i", pair.server_if,
             "--state-file", str(confined.state / "doors.json")]
+    if trace is not None:
+        argv = ["strace", "-f", "-qq", "-o", str(trace), *argv]
     with open(run.log, "w") as log:
         run.proc = pair.popen(pair.server, argv, stdin=subprocess.DEVNULL, stdout=log,
                               stderr=subprocess.STDOUT, env=env)
-    run.pid = run.proc.pid  # ip netns exec, sh and setpriv all exec in place
+    # ip netns exec, sh and setpriv all exec in place: the daemon's pid is ours, or the one
+    # strace started (the first one in its output).
+    run.pid = run.proc.pid
+    if trace is not None:
+        assert wait_until(lambda: trace.exists() and trace.stat().st_size > 0)
+        run.pid = int(trace.read_text().split(maxsplit=1)[0])
+        run.extra_pids = [run.proc.pid]  # at the end: strace after the daemon
     run.wait_log(r"ready: \d+ events?")
     return run
 
@@ -227,3 +248,51 @@ def test_daemon_and_its_commands_hold_exactly_the_units_capabilities(
     assert not probe.exists()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
+
+
+def _system_calls_after_exec(trace: Path) -> set[str]:
+    """The system calls in an `strace -f` log from the exec of the daemon's Python on (what
+    setpriv did before it is what systemd does before it starts a unit's process)."""
+    lines = trace.read_text().splitlines()
+    start = next(index for index, line in enumerate(lines)
+                 if f'execve("{SYSTEM_PYTHON}"' in line and line.endswith("= 0"))
+    calls = set()
+    for line in lines[start:]:
+        match = re.match(r"^\d+\s+([a-z_0-9]+)\(", line)
+        if match:
+            calls.add(match.group(1))
+    return calls
+
+
+def test_every_system_call_made_is_one_the_unit_allows(
+    pair: Pair, service: None, confined: Confined, tmp_path: Path
+) -> None:
+    require_tool("strace", "strace")
+    require_tool("systemd-analyze", "systemd")
+    for command in FIREWALLS["nftables"][0]:
+        pair.run(pair.server, command, check=True)
+    trace = tmp_path / "strace.log"
+    door = confined.door
+    daemon = start_confined(pair, confined, tmp_path, f"""
+<ssh>
+ sequence      = {SEQUENCE}
+ timeout       = 5
+ start_command = {door} open %IP%; iptables -I INPUT -s %IP% -j ACCEPT
+ stop_command  = {door} close %IP%; iptables -D INPUT -s %IP% -j ACCEPT
+ command_delay = 1
+</ssh>
+""", trace=trace)
+    daemon.knock(SERVER_V4, *SEQUENCE.split())
+    assert wait_until(lambda: answer(pair, SERVER_V4) == "hello"), daemon.log_text()
+    daemon.wait_log(rf"ssh {CLIENT_V4} stop: exit status 0")
+    daemon.signal(signal.SIGHUP)  # a reload, too
+    daemon.wait_log(r"configuration reloaded")
+    daemon.signal(signal.SIGUSR1)
+    daemon.wait_log(r"statistics: ")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc is not None and daemon.proc.wait(DEADLINE) == 0
+    made = _system_calls_after_exec(trace)
+    print(f"{len(made)} distinct system calls: {' '.join(sorted(made))}")
+    assert {"socket", "setsockopt", "execve", "sendmsg"} <= made  # the trace saw the work
+    refused = made - unit_syscall_allowlist()
+    assert not refused, f"SystemCallFilter= would refuse {sorted(refused)}"
