@@ -13,7 +13,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon import Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
-from tportknockd.interfaces import Selection, any_would_listen_on
+from tportknockd.selection import Selection, any_would_listen_on
 from tportknockd.state import DEFAULT_STATE_FILE
 
 log = logging.getLogger("tportknockd")
