@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 
 .PHONY: setup deps test unit e2e lint demo fuzz bench clean
 
-# System packages the tests and the demo use (Debian): ip, sysctl, setpriv, nft. A no-op
-# when they are there.
+# System packages the tests and the demo use (Debian): ip, sysctl, setpriv, nft, tcpdump.
+# A no-op when they are there.
 deps:
-	@for tool in ip sysctl setpriv nft; do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in ip sysctl setpriv nft tcpdump; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || (apt-get update -qq && \
-	    apt-get install -y -qq iproute2 procps util-linux nftables)
+	    apt-get install -y -qq iproute2 procps util-linux nftables tcpdump)
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

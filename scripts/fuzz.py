@@ -11,8 +11,12 @@ Prints how many cases ran and how many failed; exits non-zero on any failure.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import shutil
 import struct
 import sys
+import tempfile
 import time
 
 from hypothesis import HealthCheck, given, settings
@@ -100,8 +104,38 @@ packets = st.one_of(
     mutated(frames), st.binary(max_size=200), st.binary(min_size=9000, max_size=9100)
 )
 
+# Files the one-time keys point at: a good secret, one others can read, a short one, a list.
+_FILES = tempfile.mkdtemp(prefix="tportknockd-fuzz-")
+atexit.register(shutil.rmtree, _FILES, ignore_errors=True)
+for _name, _content, _mode in (
+    ("good.key", "a secret of thirty-two bytes, ok\n", 0o600),
+    ("open.key", "a secret of thirty-two bytes, ok\n", 0o644),
+    ("short.key", "short\n", 0o600),
+    ("once.list", "# used\n7000,8000:udp\ntcp:1:s udp:2\n9000:icmp\n", 0o600),
+    ("good.list", "7000,8000:udp,9000\n", 0o600),
+):
+    with open(os.path.join(_FILES, _name), "w") as _file:
+        _file.write(_content)
+    os.chmod(os.path.join(_FILES, _name), _mode)
+
 config_lines = st.sampled_from(
     [
+        f" otp_secret = {_FILES}/good.key",
+        f" otp_secret = {_FILES}/open.key",
+        f" otp_secret = {_FILES}/short.key",
+        f" otp_secret = {_FILES}/missing.key",
+        f" otp_secret = {_FILES}",
+        " otp_length = 8",
+        " otp_length = 0",
+        " otp_ports = 1000-1001",
+        " otp_ports = 65535-1",
+        " otp_frames = tcp:s tcp:fu udp",
+        " otp_frames = tcp:i",
+        " otp_window = 5",
+        " otp_window = 99999999999",
+        f" one_time_sequences = {_FILES}/good.list",
+        f" one_time_sequences = {_FILES}/once.list",
+        " one_time_sequences =",
         "<ssh>",
         "</ssh>",
         "<other>",

@@ -110,3 +110,26 @@ def test_a_state_file_owned_by_someone_else_is_not_trusted(tmp_path: Path) -> No
     os.chown(path, 65534, 65534)
     with pytest.raises(state.StateError, match="owned by uid 65534"):
         state.load(str(path))
+
+
+def test_burns_round_trip_and_old_files_have_none(tmp_path: Path) -> None:
+    path = str(tmp_path / "doors.json")
+    door = SavedDoor("ssh", "198.51.100.7", 1_800_000_000.5, "close %IP%", 30.0)
+    burns = [state.SavedBurn("ssh", "198.51.100.7", 60000000, "tcp:42623:s udp:26834")]
+    state.save(path, [door], burns)
+    assert state.load_all(path) == ([door], burns)
+    assert state.load(path) == [door]
+    Path(path).write_text('{"version": 1, "doors": []}')
+    assert state.load_all(path) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "burns",
+    ['"x"', '[{"event": "e"}]', '[{"event": "e", "address": "a", "window": 1.5, "frames": "f"}]'],
+)
+def test_bad_burns_are_a_bad_file(tmp_path: Path, burns: str) -> None:
+    path = tmp_path / "doors.json"
+    path.write_text(f'{{"version": 1, "doors": [], "burns": {burns}}}')
+    path.chmod(0o600)
+    with pytest.raises(state.StateError):
+        state.load_all(str(path))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from tportknockd import __version__, netif
@@ -22,7 +23,7 @@ DEFAULT_PID_FILE = "/run/tportknockd.pid"
 
 USAGE = """\
 usage: tportknockd -c CONFIG -i DEVICE[,DEVICE]... [-r SEC] [-d] [-D]
-       tportknockd -C CONFIG
+       tportknockd -C CONFIG [--show-sequences]
        tportknockd -l
        tportknockd -h"""
 
@@ -52,6 +53,7 @@ long options:
                           longer bursts)
   --state-file FILE       where open doors are recorded to survive a crash
                           (default {DEFAULT_STATE_FILE}; 'none' to keep no record)
+  --show-sequences        with -C: also show the current sequences of one-time events
   --version               print the version
 
 Signals: SIGHUP reloads the configuration (a broken one is rejected, the old one kept),
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command-timeout", type=_seconds_up_to_a_day, default=DEFAULT_TIME_LIMIT)
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
     p.add_argument("--ring-size", type=_count, default=2)
+    p.add_argument("--show-sequences", action="store_true")
     p.add_argument("--version", action="store_true")
     return p
 
@@ -137,7 +140,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.list:
         return list_devices()
     if args.check:
-        return check(args.check)
+        return check(args.check, show_sequences=args.show_sequences)
+    if args.show_sequences:
+        raise UsageError("--show-sequences goes with -C CONFIG")
     if not args.config:
         raise UsageError("-c CONFIG is required (or -C, -l, -h)")
     if not args.interface:
@@ -166,7 +171,7 @@ def list_devices() -> int:
     return 0
 
 
-def check(path: str) -> int:
+def check(path: str, show_sequences: bool = False) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -174,7 +179,7 @@ def check(path: str) -> int:
         return 1
     for warning in [*config.warnings, *_file_warnings(path)]:
         print(warning, file=sys.stderr)
-    print(check_report(config))
+    print(check_report(config, time.time() if show_sequences else None))
     return 0
 
 

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tportknockd.config import ConfigError, load_config, parse_frame
-from tportknockd.model import PROTO_TCP, PROTOCOL_NAMES, SYN, Frame, describe_flags
+from tportknockd import otp
+from tportknockd.config import ConfigError, format_frame, load_config, parse_frame
+from tportknockd.model import PROTO_TCP, PROTOCOL_NAMES, SYN, Event, Frame, describe_flags
 
 PROG = "tportknock"
 
@@ -149,8 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the frames from an event in this tportknockd config",
     )
     parser.add_argument("-e", dest="event", metavar="EVENT", help="the event to use with -c")
+    parser.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="print the frames (tcp:P:s, udp:P) instead of sending them; no HOST needed",
+    )
+    parser.add_argument(
+        "--window-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for a one-time event with otp_secret: use window w+N (a clock known to be off; "
+        "a negative N as --window-offset=-1)",
+    )
     parser.add_argument("-v", dest="verbose", action="store_true", help="print each frame sent")
-    parser.add_argument("host", metavar="HOST", help="host name or address to knock at")
+    parser.add_argument("host", metavar="HOST", nargs="?", help="host name or address to knock at")
     parser.add_argument("frames", metavar="FRAME", nargs="*", help="the frames to send, in order")
     return parser
 
@@ -166,6 +181,10 @@ def _milliseconds(text: str) -> int:
 
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.host is None and not args.print_only:
+        parser.error("no HOST given (only --print needs none)")
+    if args.window_offset and args.config is None:
+        parser.error("--window-offset needs -c FILE -e EVENT")
     if args.config is not None:
         if args.event is None:
             parser.error("-c needs -e EVENT")
@@ -177,10 +196,39 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("no FRAME given (or use -c FILE -e EVENT)")
 
 
-def frames_from_args(args: argparse.Namespace) -> tuple[Frame, ...]:
-    """The FRAME arguments, or the frames of `-e EVENT` in the `-c FILE` config."""
+def frames_from_args(args: argparse.Namespace, unix_time: float | None = None) -> tuple[Frame, ...]:
+    """The FRAME arguments, or the frames of `-e EVENT` in the `-c FILE` config.
+
+    For a one-time event: the sequence of the current window (`unix_time`, default now, moved
+    by --window-offset), or the first unused line of its list.
+    """
     if args.config is None:
         return tuple(_parse_frame_arg(text) for text in args.frames)
+    event = _config_event(args)
+    if event.otp is not None:
+        now = time.time() if unix_time is None else unix_time
+        number = otp.window_number(now, event.otp.window) + args.window_offset
+        return otp.derive(event.otp, event.name, number)
+    if args.window_offset:
+        raise KnockError(
+            f"--window-offset applies to events with otp_secret; {event.name!r} has none",
+            EXIT_USAGE,
+        )
+    if event.one_time_list is not None:
+        head = event.one_time_list.head
+        if head is None:
+            raise KnockError(f"the one-time list {event.one_time_list.path} is used up")
+        if args.verbose:
+            print(
+                f"line {head.line} of {event.one_time_list.path}: comment it out once the door "
+                "has opened (the daemon does the same with its copy)",
+                file=sys.stderr,
+            )
+        return head.frames
+    return event.frames
+
+
+def _config_event(args: argparse.Namespace) -> Event:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -189,7 +237,7 @@ def frames_from_args(args: argparse.Namespace) -> tuple[Frame, ...]:
         raise KnockError(heading + "\n".join(exc.messages), EXIT_USAGE) from None
     for event in config.events:
         if event.name == args.event:
-            return event.frames
+            return event
     known = ", ".join(event.name for event in config.events) or "none"
     raise KnockError(f"no event {args.event!r} in {args.config} (events: {known})", EXIT_USAGE)
 
@@ -213,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         frames = frames_from_args(args)
+        if args.print_only:
+            print(" ".join(format_frame(frame) for frame in frames))
+            return 0
         target = resolve_target(args.host, args.family, args.source)
         knock(target, frames, args.delay / 1000, args.verbose)
     except KnockError as exc:

@@ -9,27 +9,49 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tportknockd import otp
+from tportknockd.frame_syntax import format_frame, format_kind, parse_frame
 from tportknockd.model import (
     ACK,
-    ALL_SIX,
     FIN,
-    FLAG_LETTERS,
-    PROTO_TCP,
     PROTO_UDP,
-    PROTOCOL_NUMBERS,
     PSH,
     RST,
     SYN,
     Config,
     Event,
     Frame,
+    OneTimeList,
+    OtpSpec,
 )
+from tportknockd.onetime_config import LIST_KEY, OTP_KEYS, Setting, parse_list, parse_otp
 
-KEYS = ("sequence", "timeout", "start_command", "stop_command", "command_delay")
-REQUIRED_KEYS = ("sequence", "timeout", "start_command")
+__all__ = [
+    "ConfigError",
+    "check_report",
+    "format_frame",
+    "load_config",
+    "parse_config",
+    "parse_frame",
+    "parse_seconds",
+]
+
+KEYS = (
+    "sequence",
+    "timeout",
+    "start_command",
+    "stop_command",
+    "command_delay",
+    *OTP_KEYS,
+    LIST_KEY,
+)
+REQUIRED_KEYS = ("timeout", "start_command")
+#: An event has exactly one of these: where its sequence comes from.
+SEQUENCE_SOURCES = ("sequence", "otp_secret", LIST_KEY)
 
 #: A config file is a handful of lines; the cap keeps `-C /dev/zero` from eating memory.
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,8 +59,6 @@ MAX_CONFIG_BYTES = 1 << 20
 _TAG = re.compile(r"<(/?)([A-Za-z0-9_.-]+)>")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FRAME_SEPARATORS = re.compile(r"[\s,]+")
-_EXCLUSIVE_LETTERS = {"x": ALL_SIX, "n": 0, "i": None}
-_LETTER_ORDER = "fsrpau"
 
 #: TCP flag bytes that ordinary connections put on the wire, with where they come from.
 _COMMON_TCP_FLAGS: dict[int, str] = {
@@ -70,100 +90,14 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.messages))
 
 
-# --- frames ---------------------------------------------------------------------------------
-
-
-def parse_frame(text: str) -> Frame:
-    """`tcp:123:frap` → Frame(6, 123, FIN|RST|ACK|PSH); ValueError says what is wrong."""
-    spelled = text.strip()
-    parts = spelled.split(":")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"bad frame {spelled!r}: expected protocol:port[:flags], e.g. tcp:1234:s")
-    try:
-        protocol = _parse_protocol(parts[0])
-        port = _parse_port(parts[1])
-        if len(parts) == 2:
-            return Frame(protocol, port, 0 if protocol == PROTO_TCP else None)
-        if protocol != PROTO_TCP:
-            raise ValueError("only TCP frames take flags")
-        return Frame(protocol, port, _parse_flags(parts[2]))
-    except ValueError as exc:
-        raise ValueError(f"bad frame {spelled!r}: {exc}") from None
-
-
-def format_frame(frame: Frame) -> str:
-    """The config spelling of a frame, the inverse of `parse_frame`: `tcp:123:frap`."""
-    protocol = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}.get(frame.protocol)
-    if protocol is None:
-        raise ValueError(f"protocol {frame.protocol} has no config spelling")
-    head = f"{protocol}:{frame.port}"
-    if frame.protocol == PROTO_UDP:
-        return head
-    return f"{head}:{_flag_letters(frame.flags)}"
-
-
-def _flag_letters(flags: int | None) -> str:
-    if flags is None:
-        return "i"
-    if flags == 0:
-        return "n"
-    if flags == ALL_SIX:
-        return "x"
-    if flags & ~ALL_SIX:
-        raise ValueError(f"flags {flags:#04x} include ECE/CWR, which frames cannot spell")
-    return "".join(letter for letter in _LETTER_ORDER if flags & FLAG_LETTERS[letter])
-
-
-def _parse_protocol(text: str) -> int:
-    number = PROTOCOL_NUMBERS.get(text.lower())
-    if number is None:
-        raise ValueError(f"unknown protocol {text!r} (expected tcp or udp)")
-    return number
-
-
-def _parse_port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"port {text!r} is not a decimal number")
-    # int() refuses very long digit strings, and such a port is out of range anyway.
-    if len(text.lstrip("0")) > 5 or not 1 <= int(text) <= 65535:
-        raise ValueError(f"port {text} is out of range 1..65535")
-    return int(text)
-
-
-def _parse_flags(text: str) -> int | None:
-    if not text:
-        raise ValueError("empty flags after ':' (use n for none, i for any)")
-    letters = text.lower()
-    for letter in letters:
-        if letter in _EXCLUSIVE_LETTERS and len(letters) > 1:
-            raise ValueError(f"flag {letter!r} cannot be combined with other flag letters")
-    if letters in _EXCLUSIVE_LETTERS:
-        return _EXCLUSIVE_LETTERS[letters]
-    flags = 0
-    for letter in letters:
-        bit = FLAG_LETTERS.get(letter)
-        if bit is None:
-            raise ValueError(f"unknown flag letter {letter!r} (use f s r p a u, or x, n, i)")
-        if flags & bit:
-            raise ValueError(f"flag letter {letter!r} is repeated")
-        flags |= bit
-    return flags
-
-
 # --- the block structure --------------------------------------------------------------------
-
-
-@dataclass
-class _Setting:
-    value: str
-    line: int
 
 
 @dataclass
 class _Block:
     name: str
     line: int
-    settings: dict[str, _Setting] = field(default_factory=dict)
+    settings: dict[str, Setting] = field(default_factory=dict)
 
 
 @dataclass
@@ -260,7 +194,7 @@ class _BlockReader:
             first = block.settings[key].line
             self.problems.add(number, f"duplicate key {key!r} (first set at line {first})")
         else:
-            block.settings[key] = _Setting(value.strip(), number)
+            block.settings[key] = Setting(value.strip(), number)
 
     def _finish(self) -> None:
         block = self.current
@@ -317,14 +251,19 @@ class _EventBuilder:
         self.failed = False
 
     def build(self) -> Event | None:
+        source = self._sequence_source()
         self._require_keys()
         self._require_pairing("stop_command", "command_delay", "seconds to wait before it runs")
         self._require_pairing("command_delay", "stop_command", "the command it delays")
-        frames = self._frames()
+        frames = self._frames() if source == "sequence" else ()
+        otp_spec = self._otp() if source == "otp_secret" else None
+        one_time_list = self._list() if source == LIST_KEY else None
         timeout = self._seconds("timeout")
         delay = self._seconds("command_delay")
         start = self._command("start_command")
         stop = self._command("stop_command")
+        if otp_spec is not None and timeout is not None:
+            self._check_timeout_fits(otp_spec.window, timeout)
         if self.failed or frames is None or timeout is None or start is None:
             return None
         return Event(
@@ -335,7 +274,12 @@ class _EventBuilder:
             stop_command=stop,
             command_delay=delay,
             line=self.block.line,
+            otp=otp_spec,
+            one_time_list=one_time_list,
         )
+
+    def _report(self, line: int, message: str) -> None:
+        self._error(line, message)
 
     def _error(self, line: int, message: str) -> None:
         self.failed = True
@@ -347,6 +291,54 @@ class _EventBuilder:
                 self._error(
                     self.block.line, f"event {self.block.name!r} lacks required key {key!r}"
                 )
+
+    def _sequence_source(self) -> str | None:
+        """Which of sequence / otp_secret / one_time_sequences this event uses."""
+        settings = self.block.settings
+        given = sorted(
+            (key for key in SEQUENCE_SOURCES if key in settings), key=lambda key: settings[key].line
+        )
+        if not given:
+            self._error(
+                self.block.line,
+                f"event {self.block.name!r} lacks required key 'sequence' "
+                f"(or 'otp_secret' or '{LIST_KEY}' for one-time sequences)",
+            )
+            return None
+        for extra in given[1:]:
+            self._error(
+                settings[extra].line,
+                f"{extra} cannot be combined with {given[0]} (line {settings[given[0]].line}): "
+                "an event has one source of sequences",
+            )
+        if given[0] != "otp_secret":
+            for key in OTP_KEYS[1:]:
+                if key in settings:
+                    self._error(
+                        settings[key].line, f"{key} belongs to one-time events with otp_secret"
+                    )
+        return given[0] if len(given) == 1 else None
+
+    def _otp(self) -> OtpSpec | None:
+        spec = parse_otp(self.block.settings, self._report)
+        if spec is None:
+            self.failed = True
+        return spec
+
+    def _list(self) -> OneTimeList | None:
+        one_time_list = parse_list(self.block.settings[LIST_KEY], self._report)
+        if one_time_list is None:
+            self.failed = True
+        return one_time_list
+
+    def _check_timeout_fits(self, window: int, timeout: float) -> None:
+        if timeout > window:
+            setting = self.block.settings["timeout"]
+            self._error(
+                setting.line,
+                f"timeout {_format_seconds(timeout)} is longer than otp_window {window} s: "
+                "an attempt must finish while its window is accepted",
+            )
 
     def _require_pairing(self, key: str, partner: str, purpose: str) -> None:
         setting = self.block.settings.get(key)
@@ -421,7 +413,8 @@ def _build_events(blocks: Iterable[_Block], problems: _Problems) -> list[tuple[E
             first_line[block.name] = block.line
         event = _EventBuilder(block, problems).build()
         if event is not None:
-            built.append((event, block.settings["sequence"].line))
+            source = next(key for key in SEQUENCE_SOURCES if key in block.settings)
+            built.append((event, block.settings[source].line))
     return built
 
 
@@ -445,12 +438,35 @@ def _common_traffic_reason(frame: Frame) -> str | None:
 
 
 def _first_frame_warning(event: Event) -> str | None:
-    reason = _common_traffic_reason(event.frames[0])
+    # A one-time event's first frame is secret and changes: ordinary traffic cannot aim at it.
+    if event.otp is not None:
+        return None
+    frames = _known_frames(event)
+    if not frames:
+        return None
+    reason = _common_traffic_reason(frames[0])
     if reason is None:
         return None
     return (
-        f"event {event.name!r} starts with {event.frames[0].describe()}, which ordinary "
+        f"event {event.name!r} starts with {frames[0].describe()}, which ordinary "
         f"traffic produces ({reason}); prefer a first frame that does not occur in usual traffic"
+    )
+
+
+def _known_frames(event: Event) -> tuple[Frame, ...]:
+    """The frames known at load time: the sequence, or the head of a one-time list."""
+    one_time_list = event.one_time_list
+    if one_time_list is None:
+        return event.frames
+    return one_time_list.head.frames if one_time_list.head is not None else ()
+
+
+def _used_up_warning(event: Event) -> str | None:
+    if event.one_time_list is None or event.one_time_list.head is not None:
+        return None
+    return (
+        f"event {event.name!r}: the one-time list {event.one_time_list.path} is used up; "
+        "the event matches nothing until the list is refilled (then send SIGHUP)"
     )
 
 
@@ -458,6 +474,8 @@ def _duplicate_sequence_warnings(events: Sequence[tuple[Event, int]]) -> list[tu
     first_with: dict[tuple[Frame, ...], Event] = {}
     warnings = []
     for event, line in events:
+        if event.one_time:
+            continue
         earlier = first_with.setdefault(event.frames, event)
         if earlier is not event:
             message = (
@@ -471,9 +489,9 @@ def _duplicate_sequence_warnings(events: Sequence[tuple[Event, int]]) -> list[tu
 def _warnings(path: str, events: Sequence[tuple[Event, int]]) -> tuple[str, ...]:
     found: list[tuple[int, str]] = []
     for event, line in events:
-        warning = _first_frame_warning(event)
-        if warning is not None:
-            found.append((line, warning))
+        for warning in (_first_frame_warning(event), _used_up_warning(event)):
+            if warning is not None:
+                found.append((line, warning))
     found.extend(_duplicate_sequence_warnings(events))
     found.sort(key=lambda item: item[0])
     return tuple(f"{path}:{line}: warning: {message}" for line, message in found)
@@ -545,17 +563,26 @@ def _decode_lines(data: bytes) -> tuple[str, dict[int, str]]:
     return "\n".join(lines), undecodable
 
 
-def check_report(config: Config) -> str:
-    """What `tportknockd -C FILE` prints: every event spelled out, then `N events OK`."""
-    sections = [_describe_event(event) for event in config.events]
+def check_report(config: Config, show_sequences_at: float | None = None) -> str:
+    """What `tportknockd -C FILE` prints: every event spelled out, then `N events OK`.
+
+    One-time events are shown by their parameters; their current sequences only when
+    `show_sequences_at` gives the Unix time to show them for (`--show-sequences`).
+    """
+    sections = [_describe_event(event, show_sequences_at) for event in config.events]
     count = len(config.events)
     sections.append(f"{count} event{'' if count == 1 else 's'} OK")
     return "\n\n".join(sections)
 
 
-def _describe_event(event: Event) -> str:
-    lines = [f"event {event.name} (line {event.line})", "  sequence:"]
-    lines += [f"    {index}. {frame.describe()}" for index, frame in enumerate(event.frames, 1)]
+def _describe_event(event: Event, show_sequences_at: float | None) -> str:
+    lines = [f"event {event.name} (line {event.line})"]
+    if event.otp is not None:
+        lines += _describe_otp(event, event.otp, show_sequences_at)
+    elif event.one_time_list is not None:
+        lines += _describe_list(event.one_time_list, show_sequences_at is not None)
+    else:
+        lines += ["  sequence:", *_numbered(event.frames)]
     lines += [
         f"  timeout:       {_format_seconds(event.timeout)}",
         f"  start_command: {event.start_command}",
@@ -570,3 +597,40 @@ def _format_seconds(seconds: float | None) -> str:
         return "none"
     number = str(int(seconds)) if seconds.is_integer() else repr(seconds)
     return f"{number} s"
+
+
+def _numbered(frames: Sequence[Frame]) -> list[str]:
+    return [f"    {index}. {frame.describe()}" for index, frame in enumerate(frames, 1)]
+
+
+def _describe_otp(event: Event, spec: OtpSpec, show_at: float | None) -> list[str]:
+    kinds = " ".join(format_kind(kind) for kind in spec.kinds)
+    lines = [
+        "  one-time sequences derived from a secret and the clock (otp v1):",
+        f"    secret file:   {spec.secret_path}",
+        f"    frames:        {spec.length}, kinds {kinds}, ports {spec.low}-{spec.high}",
+        f"    window:        {spec.window} s (windows w-1, w and w+1 accepted)",
+    ]
+    if show_at is None:
+        return [*lines, "    sequences:     not shown (--show-sequences shows them)"]
+    for number in otp.accepted_windows(show_at, spec.window):
+        start = otp.window_start(number, spec.window)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
+        frames = " ".join(format_frame(frame) for frame in otp.derive(spec, event.name, number))
+        lines.append(f"    window {number} (from {stamp}): {frames}")
+    return lines
+
+
+def _describe_list(one_time_list: OneTimeList, show: bool) -> list[str]:
+    lines = [
+        "  one-time sequences from a list, each used once:",
+        f"    list file:     {one_time_list.path}",
+        f"    unused:        {one_time_list.remaining}",
+    ]
+    head = one_time_list.head
+    if head is None:
+        return [*lines, "    current:       none (the list is used up)"]
+    if not show:
+        return [*lines, "    current:       not shown (--show-sequences shows it)"]
+    frames = " ".join(format_frame(frame) for frame in head.frames)
+    return [*lines, f"    current:       line {head.line}: {frames}"]

@@ -30,6 +30,8 @@ from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
 from tportknockd.interfaces import Interfaces, StartupError
 from tportknockd.model import Config, Frame
 from tportknockd.selection import Selection
+from tportknockd.sequencer import Sequencer, frames_of
+from tportknockd.sequences import Schedule
 from tportknockd.signals import SignalInbox
 from tportknockd.statistics import Counters
 from tportknockd.systemd import notify_systemd
@@ -69,7 +71,14 @@ class Daemon:
         options = self.options
         self.engine = Engine(self.config, options.max_attempts, trace=options.debug)
         self.runner = CommandRunner(options.max_commands, options.command_time_limit)
-        self.doors = Doorkeeper(self.engine, self.runner, options.state_file, self.counters)
+        self.sequencer = Sequencer(self.engine, self.config)
+        self.doors = Doorkeeper(
+            self.engine,
+            self.runner,
+            options.state_file,
+            self.counters,
+            self.sequencer.use_list_line,
+        )
         self.poller = select.poll()
         self.interfaces = Interfaces(
             options.interfaces,
@@ -86,10 +95,11 @@ class Daemon:
 
     def _current_frames(self) -> list[Frame]:
         """Every frame the engine wants now: what the kernel filters let through."""
-        return frames_of(self.config)
+        return self.sequencer.frames()
 
     def open(self) -> None:
         """Open the captures; raises StartupError with a line fit for the user."""
+        self.sequencer.start(self.interfaces.refilter)
         self.interfaces.start()
 
     # -- the loop -------------------------------------------------------------------------
@@ -106,7 +116,7 @@ class Daemon:
         log.info(
             "ready: %d events, %d frames, on %s",
             len(self.config.events),
-            sum(len(e.frames) for e in self.config.events),
+            len(self.sequencer.frames()),
             self.options.interfaces.describe(),
         )
         while not self._stopping:
@@ -132,6 +142,7 @@ class Daemon:
             self.doors.perform(self.engine.tick(now))
             deadline = self.engine.next_deadline()
         self.interfaces.housekeeping(now)
+        self.sequencer.housekeeping(now)
         if now >= self._next_statistics:
             self._next_statistics = now + STATISTICS_INTERVAL
             self.interfaces.read_kernel_statistics()
@@ -144,7 +155,7 @@ class Daemon:
 
     def _poll_timeout_ms(self, now: float, deadline: float | None) -> int:
         wake = min(now + IDLE_WAKEUP, self._next_statistics)
-        for other in (deadline, self.interfaces.next_wakeup()):
+        for other in (deadline, self.interfaces.next_wakeup(), self.sequencer.next_wakeup()):
             if other is not None:
                 wake = min(wake, other)
         return max(0, int((wake - now) * 1000) + 1)
@@ -169,15 +180,18 @@ class Daemon:
                 log.error("%s", message)
             log.error("reload rejected: keeping the current configuration")
             return
+        schedule = Schedule(config)
+        live = schedule.live(time.time())
         try:
-            self.interfaces.refilter(frames_of(config))
+            self.interfaces.refilter(frames_of(live))
         except ValueError as exc:
             log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
             return
         for warning in config.warnings:
             log.warning("%s", warning)
         self.config = config
-        self.engine.reload(config)
+        self.engine.reload(config, live)
+        self.sequencer.adopt(schedule)
         log.info("configuration reloaded: %d events", len(config.events))
 
     def log_statistics(self) -> None:
@@ -200,7 +214,3 @@ class Daemon:
         self.interfaces.close()
         log.info("stopped")
         return 0
-
-
-def frames_of(config: Config) -> list[Frame]:
-    return [frame for event in config.events for frame in event.frames]

@@ -6,7 +6,7 @@ them, capture produces `Packet`s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import NamedTuple
 
@@ -76,9 +76,53 @@ class Frame:
         return self.flags is None or flags == self.flags
 
 
+class FrameKind(NamedTuple):
+    """A frame without its port: what a one-time sequence may draw (`tcp:s`, `udp`)."""
+
+    protocol: int
+    flags: int | None  # the exact flag byte for TCP; None for UDP
+
+    def at(self, port: int) -> Frame:
+        return Frame(self.protocol, port, self.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class OtpSpec:
+    """How a time-based one-time event derives its sequences (see otp.py)."""
+
+    secret_path: str
+    key: bytes = field(repr=False)  # the shared secret: never printed
+    length: int = 4
+    low: int = 20000
+    high: int = 59999
+    kinds: tuple[FrameKind, ...] = ()
+    window: int = 30  # seconds each sequence lives
+
+
+@dataclass(frozen=True, slots=True)
+class ListHead:
+    """The sequence in use from a one-time list: its frames and the file line they are on."""
+
+    line: int
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimeList:
+    """A knockd-style list of one-time sequences, one per line, used from the top."""
+
+    path: str
+    head: ListHead | None  # None: the list is used up
+    remaining: int  # usable lines, the head included
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A configured knock event (one `<NAME> ... </NAME>` block)."""
+    """A configured knock event (one `<NAME> ... </NAME>` block).
+
+    A static event has its `frames`; a one-time event has `otp` or `one_time_list` instead
+    and empty `frames`: its sequences change over time (see sequences.py).
+    """
 
     name: str
     frames: tuple[Frame, ...]
@@ -87,6 +131,12 @@ class Event:
     stop_command: str | None = None
     command_delay: float | None = None
     line: int = 0  # line of the opening tag, for messages
+    otp: OtpSpec | None = None
+    one_time_list: OneTimeList | None = None
+
+    @property
+    def one_time(self) -> bool:
+        return self.otp is not None or self.one_time_list is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,28 @@ class SavedDoor:
     delay: float
 
 
+@dataclass(frozen=True)
+class SavedBurn:
+    """A one-time sequence (window `window` of `event`) used by `address`."""
+
+    event: str
+    address: str
+    window: int
+    frames: str  # in the config's frame syntax
+
+
 class StateError(Exception):
     pass
 
 
-def save(path: str, doors: Iterable[SavedDoor]) -> None:
-    """Atomically replace the state file with `doors`."""
+def save(path: str, doors: Iterable[SavedDoor], burns: Iterable[SavedBurn] = ()) -> None:
+    """Atomically replace the state file with `doors` and `burns`."""
     data = {
         "version": FORMAT_VERSION,
+        "burns": [
+            {"event": b.event, "address": b.address, "window": b.window, "frames": b.frames}
+            for b in burns
+        ],
         "doors": [
             {
                 "event": d.event,
@@ -69,16 +83,21 @@ def _fsync_directory(directory: str) -> None:
 
 def load(path: str) -> list[SavedDoor]:
     """The doors recorded in `path`; [] when there is no file; StateError when it is bad."""
+    return load_all(path)[0]
+
+
+def load_all(path: str) -> tuple[list[SavedDoor], list[SavedBurn]]:
+    """Doors and burns recorded in `path`; empty without a file; StateError when it is bad."""
     try:
         with open(path, encoding="utf-8") as f:
             _check_trusted(path, os.fstat(f.fileno()))
             data = json.load(f)
     except FileNotFoundError:
-        return []
+        return [], []
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"{path}: cannot read: {exc}") from None
     try:
-        return _doors_from(data)
+        return _doors_from(data), _burns_from(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"{path}: not a tportknockd state file: {exc!r}") from None
 
@@ -105,6 +124,28 @@ def _doors_from(data: object) -> list[SavedDoor]:
         )
         doors.append(door)
     return doors
+
+
+def _burns_from(data: dict[str, object]) -> list[SavedBurn]:
+    # Files written before one-time sequences existed have no burns.
+    items = data.get("burns", [])
+    if not isinstance(items, list):
+        raise TypeError(f"expected a list of burns, got {items!r}")
+    return [
+        SavedBurn(
+            event=_text(item["event"]),
+            address=_text(item["address"]),
+            window=_integer(item["window"]),
+            frames=_text(item["frames"]),
+        )
+        for item in items
+    ]
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, got {value!r}")
+    return value
 
 
 def _text(value: object) -> str:

@@ -22,6 +22,7 @@ class Counters:
     kernel_packets: int = 0  # handed to user space by the kernel, on every interface
     kernel_drops: int = 0  # lost because a ring was full
     fired: int = 0
+    replays: int = 0  # used one-time sequences that came again
     ring_resyncs: int = 0  # of captures closed since (the open ones count their own)
 
     def add_kernel(self, interface: str, stats: Stats) -> None:
@@ -42,5 +43,6 @@ class Counters:
             f"kernel_packets={self.kernel_packets} kernel_drops={self.kernel_drops} "
             f"packets={self.packets} malformed={self.malformed} not_local={self.not_local} "
             f"attempts={attempts} open_doors={open_doors} fired={self.fired} "
+            f"replays={self.replays} "
             f"ring_resyncs={self.ring_resyncs + open_resyncs}"
         )

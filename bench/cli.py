@@ -1,0 +1,124 @@
+"""The command line of `make bench` (`python3 bench/run.py [--quick]`): checks and installs
+what the bench needs, runs the scenarios, writes the report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.daemons import DAEMONS
+from bench.measure import machine
+from bench.plot import plot
+from bench.report import Table, closing_line, render_markdown, results_json, write
+from bench.runner import run_all
+from bench.scenarios import SCENARIOS
+from bench.settings import GENERATOR_CPU, RESULTS, Settings
+from bench.summary import Outcome, overall, summarize_all
+from bench.testbed import Processes, Testbed
+
+APT_TOOLS = {"knockd": "knockd", "hping3": "hping3", "trafgen": "netsniff-ng",
+             "tcpdump": "tcpdump", "ip": "iproute2", "taskset": "util-linux",
+             "timeout": "coreutils"}
+
+
+def ensure_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py needs root: it creates network namespaces, captures packets "
+                 "and installs knockd, hping3, netsniff-ng and tcpdump if they are missing "
+                 "(run: sudo make bench)")
+
+
+def ensure_tools() -> None:
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = sorted({pkg for tool, pkg in APT_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        print(f"installing {' '.join(missing)} ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("installing matplotlib ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="`make bench`: tportknockd and knockd side by side, on the same knocks "
+        "and the same floods.")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer knocks and 3 s floods, to try it out (~1.5 min)")
+    parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
+                        help="comma-separated subset of: "
+                        + ",".join(s.key for s in SCENARIOS))
+    parser.add_argument("--daemons", default=",".join(d.name for d in DAEMONS),
+                        help="comma-separated subset of: " + ",".join(d.name for d in DAEMONS))
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="where latest.md/.json/.png go (default bench/results)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the working directory (configs, pcaps, outputs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_root()
+    ensure_tools()
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench/run.py needs 2 CPUs: one for the daemon, one for the traffic")
+    settings = Settings.quick() if args.quick else Settings()
+    wanted = set(args.scenarios.split(","))
+    scenarios = [s for s in SCENARIOS if s.key in wanted]
+    chosen = set(args.daemons.split(","))
+    daemons = [d for d in DAEMONS if d.name in chosen]
+    os.sched_setaffinity(0, {GENERATOR_CPU})
+    workdir = Path(tempfile.mkdtemp(prefix="tpk-bench-"))
+    procs = Processes()
+    outcomes: list[Outcome] = []
+    began = time.monotonic()
+    try:
+        with Testbed() as bed:
+            try:
+                run_all(bed, procs, workdir, settings, scenarios, daemons, outcomes)
+            finally:
+                procs.end_all()  # before the namespaces go
+    finally:
+        procs.end_all()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"working files kept in {workdir}")
+    # Every daemon known gets its column, run or not (an unrun one shows "—").
+    table = Table(SCENARIOS, [d.name for d in DAEMONS], settings)
+    report(table, outcomes, args.out, time.monotonic() - began)
+    return 0
+
+
+def report(table: Table, outcomes: list[Outcome], out: Path, seconds: float) -> None:
+    sums = summarize_all(outcomes)
+    whole = overall(outcomes, table.daemons)
+    info = machine()
+    info["run_seconds"] = f"{seconds:.0f}"
+    markdown = render_markdown(table, info, sums, whole) + closing_line(seconds, table.settings)
+    md, js = write(out, markdown, results_json(info, table.settings, sums, whole, outcomes))
+    png = out / "latest.png"
+    plot(png, table.scenarios, table.daemons, outcomes, sums)
+    print()
+    print(markdown)
+    print(f"written: {md}, {js}, {png}")
+
+
+
+def run() -> None:
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("bench interrupted; namespaces removed and our processes ended", file=sys.stderr)
+        raise SystemExit(130) from None

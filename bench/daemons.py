@@ -1,0 +1,181 @@
+"""The daemons compared: each one's config, command line, readiness and statistics.
+
+A daemon here is a description (no test bed, no processes): the scenario runner starts it in
+the server namespace. `DAEMONS` is the set compared, in the report's column order; the first
+is the reference the others are measured against. Another column is another entry, e.g. the
+same daemon with other options: `Tportknockd("tportknockd-kernel", ("--engine", "kernel"))`.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.settings import (
+    DAEMON_CPU,
+    DOOR,
+    FLAG_DOOR,
+    KNOCKD_DOOR,
+    KNOCKD_FLAG_DOOR,
+    SEQ_TIMEOUT,
+)
+from bench.testbed import Processes, Testbed, project_env
+
+
+@dataclass
+class Running:
+    """A daemon started for one scenario."""
+
+    proc: subprocess.Popen[str]
+    startup_s: float
+    lines: list[str]
+    reader: threading.Thread
+
+
+class Daemon:
+    """One column of the report: a daemon and the options it runs with."""
+
+    name = ""
+
+    def config(self, out: Path) -> str:
+        raise NotImplementedError
+
+    def argv(self, conf: Path, interface: str) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self, run: Running) -> bool:
+        raise NotImplementedError
+
+    def statistics(self, lines: list[str]) -> dict[str, int]:
+        return {}
+
+    def start(self, bed: Testbed, procs: Processes, conf: Path, out: Path) -> Running:
+        """Write the config to `conf`, start the daemon pinned to its CPU, wait until ready."""
+        conf.write_text(self.config(out))
+        lines: list[str] = []
+        started = time.monotonic()
+        proc = procs.start(
+            bed.in_server(["taskset", "-c", str(DAEMON_CPU),
+                           *self.argv(conf, bed.server_if)]),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=project_env())
+        reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
+        reader.start()
+        run = Running(proc, 0.0, lines, reader)
+        deadline = started + 10
+        while not self.is_ready(run):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start:\n" + "".join(lines))
+            time.sleep(0.001)
+        run.startup_s = time.monotonic() - started
+        return run
+
+    def stop(self, run: Running) -> dict[str, int]:
+        run.proc.send_signal(signal.SIGTERM)
+        try:
+            run.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.proc.wait()
+        run.reader.join(2)
+        return self.statistics(run.lines)
+
+
+def _collect(proc: subprocess.Popen[str], lines: list[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+
+
+def start_command(out: Path) -> str:
+    """One process (date) per knock, the source written by %IP%: the same for both daemons."""
+    return f"date '+%IP% %s.%N' >> {out}"
+
+
+def tportknockd_config(out: Path) -> str:
+    return (
+        "<bench>\n"
+        f" sequence      = {' '.join(DOOR)}\n"
+        f" timeout       = {SEQ_TIMEOUT}\n"
+        f" start_command = {start_command(out)}\n"
+        "</bench>\n"
+        "<flags>\n"
+        f" sequence      = {' '.join(FLAG_DOOR)}\n"
+        f" timeout       = {SEQ_TIMEOUT}\n"
+        f" start_command = {start_command(out)}\n"
+        "</flags>\n"
+    )
+
+
+def knockd_config(out: Path) -> str:
+    return (
+        "[bench]\n"
+        f" sequence    = {KNOCKD_DOOR}\n"
+        f" seq_timeout = {SEQ_TIMEOUT}\n"
+        " tcpflags    = syn\n"
+        f" command     = {start_command(out)}\n"
+        "[flags]\n"
+        f" sequence    = {KNOCKD_FLAG_DOOR}\n"
+        f" seq_timeout = {SEQ_TIMEOUT}\n"
+        " tcpflags    = urg,psh\n"
+        f" command     = {start_command(out)}\n"
+    )
+
+
+def parse_statistics(lines: list[str]) -> dict[str, int]:
+    """The counters of tportknockd's last `statistics:` line (its exit line), by name."""
+    for line in reversed(lines):
+        if "statistics:" in line:
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    return {}
+
+
+class Tportknockd(Daemon):
+    """This project's daemon, from this checkout; `options` are added to its command line."""
+
+    def __init__(self, name: str = "tportknockd", options: tuple[str, ...] = ()) -> None:
+        self.name, self.options = name, options
+
+    def config(self, out: Path) -> str:
+        return tportknockd_config(out)
+
+    def argv(self, conf: Path, interface: str) -> list[str]:
+        return [sys.executable, "-m", "tportknockd", "-c", str(conf), "-i", interface,
+                "--state-file", "none", *self.options]
+
+    def is_ready(self, run: Running) -> bool:
+        return any(" ready: " in line for line in run.lines)
+
+    def statistics(self, lines: list[str]) -> dict[str, int]:
+        return parse_statistics(lines)
+
+
+class Knockd(Daemon):
+    """knockd in the foreground, without -v/-D and without a log file: every stage it logs
+    would cost it a write per flood packet, which is not what this compares."""
+
+    name = "knockd"
+
+    def config(self, out: Path) -> str:
+        return knockd_config(out)
+
+    def argv(self, conf: Path, interface: str) -> list[str]:
+        return ["knockd", "-i", interface, "-c", str(conf)]
+
+    def is_ready(self, run: Running) -> bool:
+        # knockd says nothing when quiet; it is listening once it blocks in poll() inside
+        # pcap_dispatch, after the filter is set.
+        try:
+            number = Path(f"/proc/{run.proc.pid}/syscall").read_text().split()[0]
+        except (OSError, IndexError):
+            return False
+        return number in ("7", "271")  # poll, ppoll (x86-64)
+
+
+#: The daemons compared, in column order; the first (knockd) is the reference.
+DAEMONS: tuple[Daemon, ...] = (Knockd(), Tportknockd())

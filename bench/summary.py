@@ -1,0 +1,97 @@
+"""What one daemon did in one scenario (`Outcome`), and the figures drawn from it: knocks
+detected, latency percentiles, CPU per flood packet; and per daemon over the whole run."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Knock kinds that must open the door (an "ece" knock must not).
+GOOD_KINDS = ("", "during", "after", "exact")
+
+#: scenario key → daemon name → summary
+Summaries = dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass
+class Outcome:
+    """What one daemon did in one scenario."""
+
+    scenario: str
+    daemon: str
+    knocks: list[dict[str, Any]] = field(default_factory=list)
+    cpu_s: float = 0.0
+    stat_cpu_s: float = 0.0
+    rss_start_kb: int = 0
+    rss_peak_kb: int = 0
+    hwm_kb: int = 0
+    startup_s: float = 0.0
+    statistics: dict[str, int] = field(default_factory=dict)
+    floods: list[dict[str, Any]] = field(default_factory=list)
+    window_s: float = 0.0
+    delivered: int = 0
+
+
+def latency_stats(values: Sequence[float]) -> dict[str, float | None]:
+    """Median, 95th percentile (inclusive method: within the values measured) and maximum."""
+    if not values:
+        return {"median": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    p95 = ordered[0] if len(ordered) == 1 else statistics.quantiles(
+        ordered, n=20, method="inclusive")[18]
+    return {"median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
+
+
+def summarize(outcome: Outcome) -> dict[str, Any]:
+    def count(kinds: Sequence[str]) -> tuple[int, int]:
+        chosen = [k for k in outcome.knocks if k["kind"] in kinds and k["sent"]]
+        return sum(1 for k in chosen if k["detected"]), len(chosen)
+
+    latencies = [k["latency_ms"] for k in outcome.knocks
+                 if k["kind"] in GOOD_KINDS and k["latency_ms"] is not None]
+    flood = outcome.floods[0] if outcome.floods else None
+    return {
+        "detected": count(GOOD_KINDS),
+        "during": count(("during",)),
+        "after": count(("after",)),
+        "ece_opened": count(("ece",)),
+        "latency_ms": latency_stats(latencies),
+        "cpu_s": outcome.cpu_s,
+        "rss_start_mb": outcome.rss_start_kb / 1024,
+        "rss_peak_mb": outcome.rss_peak_kb / 1024,
+        "startup_s": outcome.startup_s,
+        "ring_drops": outcome.statistics.get("kernel_drops"),
+        "flood_pps": flood["pps"] if flood else None,
+        "flood_delivered": flood["delivered"] if flood else None,
+        "us_per_packet": (outcome.cpu_s / outcome.delivered * 1e6
+                          if flood and outcome.delivered else None),
+        # Per packet the daemon actually read (tportknockd's count; the rest the ring dropped).
+        "us_per_read_packet": (outcome.cpu_s / outcome.statistics["packets"] * 1e6
+                               if flood and outcome.statistics.get("packets") else None),
+    }
+
+
+def summarize_all(outcomes: Sequence[Outcome]) -> Summaries:
+    sums: Summaries = {}
+    for outcome in outcomes:
+        sums.setdefault(outcome.scenario, {})[outcome.daemon] = summarize(outcome)
+    return sums
+
+
+def overall(outcomes: Sequence[Outcome],
+            daemons: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per daemon (those that ran, in `daemons`' order): start-up and memory over all scenarios."""
+    result: dict[str, dict[str, float | None]] = {}
+    for name in daemons:
+        mine = [o for o in outcomes if o.daemon == name]
+        if not mine:
+            continue
+        result[name] = {
+            "startup_s": statistics.median(o.startup_s for o in mine),
+            "startup_max_s": max(o.startup_s for o in mine),
+            "rss_idle_mb": statistics.median(o.rss_start_kb for o in mine) / 1024,
+            "rss_peak_mb": max(o.rss_peak_kb for o in mine) / 1024,
+        }
+    return result

@@ -1,0 +1,265 @@
+"""One-time knocks for real: sequences from a secret and the clock, and one-time lists.
+
+The knocks are sent by `tportknock -c CONFIG -e EVENT`, captured with tcpdump on the client's
+link, and replayed (tests/replay.py, scapy) from the same and from another address.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    REPO,
+    DaemonRun,
+    StartDaemon,
+    child_env,
+    config_with_sentinel,
+    wait_until,
+)
+
+from netns import CLIENT_V4, SERVER_V4, Pair
+
+pytestmark = pytest.mark.e2e
+
+WINDOW = 6  # seconds: short, so that tests see windows move
+OTHER_V4 = "198.51.100.3"  # a second client address (the eavesdropper's)
+REPLAY = REPO / "tests" / "replay.py"
+
+
+def otp_block(secret: Path, *, stop: bool = True, delay: float = 1) -> str:
+    lines = [
+        "<ssh>",
+        f" otp_secret    = {secret}",
+        f" otp_window    = {WINDOW}",
+        " timeout       = 4",
+        " start_command = echo ssh open %IP% >> {out}",
+    ]
+    if stop:
+        lines += [" stop_command  = echo ssh close %IP% >> {out}", f" command_delay = {delay:g}"]
+    return "\n".join([*lines, "</ssh>"]) + "\n"
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "ssh.key"
+    path.write_text("a shared secret of the test, 32 bytes\n")
+    path.chmod(0o600)
+    return path
+
+
+def at_window_start(margin: float = 0.3, room: float = 3.0) -> None:
+    """Wait until the current window has just begun, so that a knock stays inside it."""
+    while True:
+        into = time.time() % WINDOW
+        if margin <= into <= WINDOW - room:
+            return
+        time.sleep(0.05)
+
+
+def otp_knock(run: DaemonRun, *options: str) -> None:
+    run.knock(SERVER_V4, options=("-c", str(run.config), "-e", "ssh", *options))
+
+
+class Capture:
+    """tcpdump on the client's link, writing what the client sends to the server."""
+
+    def __init__(self, pair: Pair, path: Path) -> None:
+        self.pair, self.path = pair, path
+        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-i", pair.client_if, "-w", str(path),
+                f"dst host {SERVER_V4} and (tcp or udp)"]
+        self.proc = pair.popen(pair.client, argv, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        # tcpdump says "listening on ..." once its capture is in place.
+        line = self.proc.stderr.readline()
+        if "listening" not in line:
+            self.stop()
+            pytest.fail(f"tcpdump did not start: {line}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # ours, by its PID
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def capture_knock(run: DaemonRun, path: Path) -> None:
+    capture = Capture(run.pair, path)
+    try:
+        otp_knock(run)
+        time.sleep(0.3)  # tcpdump -U writes each packet as it comes; let the last one land
+    finally:
+        capture.stop()
+
+
+def replay(pair: Pair, pcap: Path, source: str | None = None) -> None:
+    argv = [sys.executable, str(REPLAY), str(pcap), pair.client_if]
+    if source is not None:
+        argv.append(source)
+    result = pair.run(pair.client, argv, env=child_env(), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "replayed 4 frames" in result.stdout, result.stdout
+
+
+def add_other_address(pair: Pair) -> None:
+    subprocess.run(["ip", "-n", pair.client, "addr", "add", f"{OTHER_V4}/24", "dev",
+                    pair.client_if], check=True)
+
+
+def test_one_time_knock_opens_and_replays_open_nothing(
+    start_daemon: StartDaemon, secret: Path, tmp_path: Path
+) -> None:
+    run = start_daemon(config_with_sentinel(otp_block(secret, delay=5)))
+    add_other_address(run.pair)
+    pcap = tmp_path / "knock.pcap"
+    at_window_start()
+    capture_knock(run, pcap)
+    run.wait_action(f"ssh open {CLIENT_V4}")
+    # Same window, another address: logged as a replay, nothing opens.
+    replay(run.pair, pcap, OTHER_V4)
+    run.wait_log(rf"ssh: replayed sequence from {OTHER_V4}, first used by {CLIENT_V4}")
+    # Same window, same address, door open: only pushes the stop back.
+    replay(run.pair, pcap)
+    run.wait_log(rf"ssh: knock from {CLIENT_V4} while open: stop pushed back")
+    run.wait_action(f"ssh close {CLIENT_V4}")
+    # Later: the door has closed and the window has moved on (still within reach).
+    wait_until(lambda: int(time.time() // WINDOW) > int((time.time() - 3) // WINDOW), 10)
+    replay(run.pair, pcap)
+    run.wait_log(rf"ssh: replayed sequence from {CLIENT_V4}, first used by {CLIENT_V4}")
+    replay(run.pair, pcap, OTHER_V4)
+    run.wait_log(rf"ssh: replayed sequence from {OTHER_V4}, first used by {CLIENT_V4}", count=2)
+    run.sentinel()
+    assert run.action_lines().count(f"ssh open {CLIENT_V4}") == 1
+    assert f"ssh open {OTHER_V4}" not in run.action_lines()
+
+
+def test_one_window_ahead_opens_two_behind_does_not(
+    start_daemon: StartDaemon, secret: Path
+) -> None:
+    run = start_daemon(config_with_sentinel(otp_block(secret, stop=False)))
+    at_window_start()
+    otp_knock(run, "--window-offset=-2")
+    run.sentinel()
+    run.assert_not_fired("ssh")
+    at_window_start()
+    otp_knock(run, "--window-offset=1")
+    run.wait_action(f"ssh open {CLIENT_V4}")
+
+
+def kernel_packets(run: DaemonRun, count: int) -> int:
+    """Ask for statistics (SIGUSR1); the kernel_packets figure of the `count`th answer."""
+    run.signal(signal.SIGUSR1)
+    line = run.wait_log(r"statistics: kernel_packets=", count=count)
+    return int(re.search(r"kernel_packets=(\d+)", line).group(1))  # type: ignore[union-attr]
+
+
+def test_the_kernel_filter_passes_only_the_live_windows(
+    start_daemon: StartDaemon, secret: Path
+) -> None:
+    run = start_daemon(config_with_sentinel(otp_block(secret, stop=False)), "-d")
+    # The windows move while it runs, and the filter with them.
+    run.wait_log(r"one-time windows moved: 4 sequences, 15 frames live", timeout=WINDOW + 5)
+    at_window_start()
+    before = kernel_packets(run, 1)
+    otp_knock(run, "--window-offset=-2")  # out of reach: the kernel drops all four frames
+    otp_knock(run, "--window-offset=2")
+    time.sleep(0.5)
+    assert kernel_packets(run, 2) == before
+    otp_knock(run)
+    run.wait_action(f"ssh open {CLIENT_V4}")
+    assert kernel_packets(run, 3) == before + 4
+
+
+def test_a_restart_after_sigkill_does_not_unburn(
+    start_daemon: StartDaemon, secret: Path, tmp_path: Path
+) -> None:
+    config = config_with_sentinel(otp_block(secret, stop=False))
+    run = start_daemon(config)
+    pcap = tmp_path / "knock.pcap"
+    at_window_start(room=4.5)
+    capture_knock(run, pcap)
+    run.wait_action(f"ssh open {CLIENT_V4}")
+    run.signal(signal.SIGKILL)
+    run.wait_exit()
+    again = start_daemon(config)
+    replay(again.pair, pcap)
+    again.wait_log(rf"ssh: replayed sequence from {CLIENT_V4}, first used by {CLIENT_V4}")
+    again.sentinel()
+    assert again.action_lines().count(f"ssh open {CLIENT_V4}") == 1
+
+
+# --- one-time lists -----------------------------------------------------------------------
+
+
+def list_block(path: Path) -> str:
+    return (
+        "<once>\n"
+        f" one_time_sequences = {path}\n"
+        " timeout       = 4\n"
+        " start_command = echo once open %IP% >> {out}\n"
+        "</once>\n"
+    )
+
+
+def test_a_list_advances_line_by_line_and_survives_a_restart(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    listing = tmp_path / "once.list"
+    listing.write_text(
+        "# knockd syntax and ours\n"
+        "7000,8000:udp,9000\n"
+        "tcp:7100:s udp:8100\n"
+        "7200:udp,7300:udp\n"
+    )
+    config = config_with_sentinel(list_block(listing))
+    run = start_daemon(config)
+    run.knock(SERVER_V4, "tcp:7000:s", "udp:8000", "tcp:9000:s")  # knockd's any-flags TCP
+    run.wait_action(f"once open {CLIENT_V4}")
+    assert wait_until(lambda: "#7000,8000:udp,9000" in listing.read_text())
+    # The used line again: nothing (it is no longer in the filter nor in the engine).
+    run.knock(SERVER_V4, "tcp:7000:s", "udp:8000", "tcp:9000:s")
+    run.knock(SERVER_V4, "tcp:7100:s", "udp:8100")
+    run.wait_action(f"once open {CLIENT_V4}", count=2)
+    run.sentinel()
+    assert run.action_lines().count(f"once open {CLIENT_V4}") == 2
+    run.signal(signal.SIGTERM)
+    run.wait_exit()
+    again = start_daemon(config)
+    again.knock(SERVER_V4, "tcp:7100:s", "udp:8100")  # used before the restart
+    again.knock(SERVER_V4, "udp:7200", "udp:7300")
+    again.wait_action(f"once open {CLIENT_V4}", count=3)
+    again.wait_log(r"once: the one-time list .* is used up")
+    assert listing.read_text().splitlines()[1:] == [
+        "#7000,8000:udp,9000",
+        "#tcp:7100:s udp:8100",
+        "#7200:udp,7300:udp",
+    ]
+    # The line used before the restart was knocked first and opened nothing: the third
+    # opening is the last line's.
+    assert again.action_lines().count(f"once open {CLIENT_V4}") == 3
+    assert "line 3 of" not in again.log_text()
+    # Refilled, then SIGHUP: the new line is the sequence.
+    with listing.open("a") as stream:
+        stream.write("udp:7400 udp:7500\n")
+    again.signal(signal.SIGHUP)
+    again.wait_log(r"configuration reloaded")
+    again.knock(SERVER_V4, "udp:7400", "udp:7500")
+    again.wait_action(f"once open {CLIENT_V4}", count=4)
+
+
+def test_the_client_sends_the_lists_first_line(start_daemon: StartDaemon, tmp_path: Path) -> None:
+    listing = tmp_path / "once.list"
+    listing.write_text("7000,8000:udp\n")
+    run = start_daemon(config_with_sentinel(list_block(listing)))
+    run.knock(SERVER_V4, options=("-c", str(run.config), "-e", "once"))
+    run.wait_action(f"once open {CLIENT_V4}")
+    assert re.search(r"^#7000,8000:udp$", listing.read_text(), re.M)
