@@ -1,16 +1,21 @@
-# tportknockd: `make test` (what CI runs), `make demo`, `make bench`, `make fuzz`, `make lint`.
+# tportknockd: `make test` (what CI runs), `make demo`, `make bench`, `make fuzz`, `make lint`,
+# `make deb` (the Debian package), `make install` / `make uninstall` (from a checkout).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup deps test unit e2e lint demo fuzz bench clean
+.PHONY: setup deps test unit e2e lint demo fuzz bench clean deb install uninstall
 
-# System packages the tests and the demo use (Debian): ip, sysctl, setpriv, nft, tcpdump.
-# A no-op when they are there.
+# System packages the tests, the demo and the package checks use (Debian), as command:package.
+# A no-op when every command is there.
+DEB_TOOLS := ip:iproute2 sysctl:procps setpriv:util-linux nft:nftables iptables:iptables \
+	systemd-analyze:systemd groff:groff-base man:man-db lintian:lintian dpkg-deb:dpkg \
+	strace:strace tcpdump:tcpdump
 deps:
-	@for tool in ip sysctl setpriv nft tcpdump; do command -v $$tool >/dev/null || missing=1; done; \
-	  [ -z "$$missing" ] || (apt-get update -qq && \
-	    apt-get install -y -qq iproute2 procps util-linux nftables tcpdump)
+	@missing=; for pair in $(DEB_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	  [ -z "$$missing" ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing)
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +50,18 @@ EXAMPLES ?= 25000
 fuzz: setup
 	$(PY) scripts/fuzz.py --examples $(EXAMPLES)
 
+# dist/tportknockd_VERSION_all.deb, with dpkg-deb alone (packaging/build-deb.sh).
+deb:
+	sh packaging/build-deb.sh dist
+
+# The same files as the package, system-wide from a checkout (PREFIX=/usr/local, DESTDIR,
+# BINDIR, SBINDIR, ... as in packaging/install.sh). uninstall keeps the configuration, the
+# state directory and the user unless PURGE=yes.
+install:
+	sh packaging/install.sh install
+
+uninstall:
+	sh packaging/install.sh uninstall
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -195,6 +195,7 @@ def serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     _setup_logging(args.debug, args.log_file, to_syslog=False)
+    log.info("tportknockd %s starting: %s on %s", __version__, args.config, args.interface)
     for warning in [*config.warnings, *_file_warnings(args.config)]:
         log.warning("%s", warning)
     options = Options(
@@ -231,6 +232,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.daemon:
         _detach(args.pid_file)
         _setup_logging(args.debug, args.log_file, to_syslog=True)
+        log.info("tportknockd %s running as pid %d", __version__, os.getpid())
     try:
         return daemon.run()
     finally:

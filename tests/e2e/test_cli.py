@@ -58,6 +58,7 @@ def test_unknown_interface_is_one_clear_line(tmp_path: Path, pair: Pair) -> None
     result = pair.run(pair.server, daemon_argv("-c", str(config), "-i", "nosuchdev"),
                       capture_output=True, env=child_env(), timeout=30)
     assert result.returncode == 1
+    # The log's first line (the version), then the one line that says what is wrong.
     lines = (result.stdout + result.stderr).strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "nosuchdev" in lines[0]
+    assert len(lines) == 2 and " starting: " in lines[0], lines
+    assert lines[1].startswith("tportknockd: ") and "nosuchdev" in lines[1]

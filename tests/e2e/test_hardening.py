@@ -13,6 +13,7 @@ import pytest
 from conftest import SSH_SEQUENCE, StartDaemon, block, child_env, daemon_argv, wait_until
 
 from netns import CLIENT_V4, SERVER_V4, SERVER_V6, Pair, link_mac
+from tportknockd import __version__
 
 pytestmark = pytest.mark.e2e
 
@@ -160,8 +161,11 @@ def test_without_cap_net_raw_one_clear_line(pair: Pair, tmp_path: Path) -> None:
                                                         "--state-file", "none")],
                       env=child_env(), capture_output=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr.startswith(f"tportknockd: capturing on {pair.server_if} needs root")
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    # The log's first line (the version), then the one line that says what is wrong.
+    starting, error = result.stderr.splitlines()
+    assert f"tportknockd {__version__} starting" in starting
+    assert error.startswith(f"tportknockd: capturing on {pair.server_if} needs root")
+    assert "Traceback" not in result.stderr
 
 
 def test_commands_inherit_no_descriptors_and_a_minimal_environment(

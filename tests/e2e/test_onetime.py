@@ -32,11 +32,11 @@ OTHER_V4 = "198.51.100.3"  # a second client address (the eavesdropper's)
 REPLAY = REPO / "tests" / "replay.py"
 
 
-def otp_block(secret: Path, *, stop: bool = True, delay: float = 1) -> str:
+def otp_block(secret: Path, *, stop: bool = True, delay: float = 1, window: int = WINDOW) -> str:
     lines = [
         "<ssh>",
         f" otp_secret    = {secret}",
-        f" otp_window    = {WINDOW}",
+        f" otp_window    = {window}",
         " timeout       = 4",
         " start_command = echo ssh open %IP% >> {out}",
     ]
@@ -53,12 +53,14 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-def at_window_start(margin: float = 0.3, room: float = 3.0) -> None:
-    """Wait until the current window has just begun, so that a knock stays inside it."""
+def at_window_start(margin: float = 0.3, room: float = 3.0, window: int = WINDOW) -> float:
+    """Wait until the current window has just begun, so that a knock stays inside it; return
+    the Unix time at which that window began."""
     while True:
-        into = time.time() % WINDOW
-        if margin <= into <= WINDOW - room:
-            return
+        now = time.time()
+        into = now % window
+        if margin <= into <= window - room:
+            return now - into
         time.sleep(0.05)
 
 
@@ -118,10 +120,13 @@ def add_other_address(pair: Pair) -> None:
 def test_one_time_knock_opens_and_replays_open_nothing(
     start_daemon: StartDaemon, secret: Path, tmp_path: Path
 ) -> None:
-    run = start_daemon(config_with_sentinel(otp_block(secret, delay=5)))
+    # A longer window: replays with scapy take seconds on a loaded machine, and the late ones
+    # must come while the knock's window is still within reach (until two windows later).
+    window = 10
+    run = start_daemon(config_with_sentinel(otp_block(secret, delay=4, window=window)))
     add_other_address(run.pair)
     pcap = tmp_path / "knock.pcap"
-    at_window_start()
+    start = at_window_start(room=window - 2, window=window)
     capture_knock(run, pcap)
     run.wait_action(f"ssh open {CLIENT_V4}")
     # Same window, another address: logged as a replay, nothing opens.
@@ -132,11 +137,12 @@ def test_one_time_knock_opens_and_replays_open_nothing(
     run.wait_log(rf"ssh: knock from {CLIENT_V4} while open: stop pushed back")
     run.wait_action(f"ssh close {CLIENT_V4}")
     # Later: the door has closed and the window has moved on (still within reach).
-    wait_until(lambda: int(time.time() // WINDOW) > int((time.time() - 3) // WINDOW), 10)
+    wait_until(lambda: time.time() >= start + window, window)
     replay(run.pair, pcap)
     run.wait_log(rf"ssh: replayed sequence from {CLIENT_V4}, first used by {CLIENT_V4}")
     replay(run.pair, pcap, OTHER_V4)
     run.wait_log(rf"ssh: replayed sequence from {OTHER_V4}, first used by {CLIENT_V4}", count=2)
+    assert time.time() < start + 2 * window, "too slow: the replays came after the window"
     run.sentinel()
     assert run.action_lines().count(f"ssh open {CLIENT_V4}") == 1
     assert f"ssh open {OTHER_V4}" not in run.action_lines()
