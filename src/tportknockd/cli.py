@@ -195,7 +195,9 @@ def serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     _setup_logging(args.debug, args.log_file, to_syslog=False)
-    log.info("tportknockd %s starting: %s on %s", __version__, args.config, args.interface)
+    log.info(
+        "tportknockd %s starting: %s on %s", __version__, args.config, args.interface.describe()
+    )
     for warning in [*config.warnings, *_file_warnings(args.config)]:
         log.warning("%s", warning)
     options = Options(

@@ -128,7 +128,9 @@ def test_start_up_fails_in_one_line_for_a_missing_named_interface(
     )
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 1
-    assert lines == ["tportknockd: no interface 'nosuchdev' (see tportknockd -l)"]
+    # The log's first line (the version and what it listens on), then what is wrong.
+    assert len(lines) == 2 and lines[0].endswith(f" starting: {config} on knk0, nosuchdev")
+    assert lines[1] == "tportknockd: no interface 'nosuchdev' (see tportknockd -l)"
 
 
 def test_lo_named_is_listened_on_but_loopback_addresses_never_count(
