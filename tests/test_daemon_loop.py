@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tportknockd.daemon import Daemon, Options
-from tportknockd.interfaces import Selection
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
+from tportknockd.selection import Selection
 
 A = "198.51.100.7"
 

@@ -14,8 +14,9 @@ import bpfvm
 from tportknockd import netif
 from tportknockd.capture import RingGeometry, Stats
 from tportknockd.filter import Insn
-from tportknockd.interfaces import Interfaces, Selection, StartupError, any_would_listen_on
+from tportknockd.interfaces import Interfaces, StartupError
 from tportknockd.model import PROTO_UDP, Frame, Packet
+from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
 
 KNOCK_PORT = 7000
@@ -261,41 +262,6 @@ def test_close_closes_every_capture(kernel: Kernel) -> None:
 # --- several interfaces ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "values, names",
-    [
-        (["knk0"], ("knk0",)),
-        (["knk0,knk2"], ("knk0", "knk2")),
-        (["knk0", "knk2"], ("knk0", "knk2")),
-        (["knk0, knk2", "knk0", "lo"], ("knk0", "knk2", "lo")),
-    ],
-)
-def test_i_takes_lists_and_repeats(values: list[str], names: tuple[str, ...]) -> None:
-    assert Selection.parse(values) == Selection(names)
-
-
-@pytest.mark.parametrize(
-    "values, message",
-    [
-        (["knk0,"], "an empty interface name"),
-        (["any,knk0"], "-i any already means every interface"),
-        (["knk0", "any"], "-i any already means every interface"),
-    ],
-)
-def test_i_mistakes(values: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        Selection.parse(values)
-
-
-def test_any_is_every_interface_up_but_the_loopback() -> None:
-    every = Selection.parse(["any", "any"])
-    assert every == Selection(every=True)
-    assert every.listens_on(netif.Interface("knk0", 5, True, "up"))
-    assert not every.listens_on(netif.Interface("knk0", 5, False, "down"))
-    assert not every.listens_on(netif.Interface("lo", 1, True, "unknown", loopback=True))
-    assert Selection(("lo",)).listens_on(netif.Interface("lo", 1, True, "unknown", loopback=True))
-
-
 def test_a_packet_to_any_listened_interface_counts_on_each(kernel: Kernel) -> None:
     kernel.add("knk0", 5, "198.51.100.1", "2001:db8::1")
     kernel.add("knk2", 6, "203.0.113.1", "2001:db8:1::1")
@@ -447,12 +413,6 @@ def test_any_with_nothing_to_listen_on_yet_starts(
     assert passes(interfaces, "knk0", "198.51.100.1")
 
 
-def test_what_any_would_listen_on(kernel: Kernel) -> None:
-    kernel.add("knk0", 5, "198.51.100.1")
-    kernel.add("knk2", 6, up=False)
-    assert any_would_listen_on(kernel.links) == (["knk0"], ["knk2"])
-
-
 # --- links without an Ethernet header --------------------------------------------------------
 
 ARPHRD_NONE, ARPHRD_CAN = 0xFFFE, 280
@@ -491,4 +451,3 @@ def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
     interfaces = interfaces_on(["any"])
     interfaces.start()
     assert sorted(interfaces.listeners) == ["knk0", "wg0"]
-    assert any_would_listen_on(kernel.links) == (["knk0", "wg0"], [])

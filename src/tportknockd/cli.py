@@ -14,7 +14,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon import Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
-from tportknockd.interfaces import Selection, any_would_listen_on
+from tportknockd.selection import Selection, any_would_listen_on
 from tportknockd.state import DEFAULT_STATE_FILE
 
 log = logging.getLogger("tportknockd")
@@ -195,7 +195,9 @@ def serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     _setup_logging(args.debug, args.log_file, to_syslog=False)
-    log.info("tportknockd %s starting: %s on %s", __version__, args.config, args.interface)
+    log.info(
+        "tportknockd %s starting: %s on %s", __version__, args.config, args.interface.describe()
+    )
     for warning in [*config.warnings, *_file_warnings(args.config)]:
         log.warning("%s", warning)
     options = Options(

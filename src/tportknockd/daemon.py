@@ -27,8 +27,9 @@ from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
-from tportknockd.interfaces import Interfaces, Selection, StartupError
+from tportknockd.interfaces import Interfaces, StartupError
 from tportknockd.model import Config, Frame
+from tportknockd.selection import Selection
 from tportknockd.sequencer import Sequencer, frames_of
 from tportknockd.sequences import Schedule
 from tportknockd.signals import SignalInbox
@@ -113,9 +114,10 @@ class Daemon:
         gc.freeze()
         notify_systemd("READY=1")
         log.info(
-            "ready: %d events, %d frames",
+            "ready: %d events, %d frames, on %s",
             len(self.config.events),
             len(self.sequencer.frames()),
+            self.options.interfaces.describe(),
         )
         while not self._stopping:
             try:

@@ -1,10 +1,9 @@
 """Following the listened interfaces and their addresses.
 
-`-i` names interfaces (`-i eth0,wg0`, `-i eth0 -i wg0`) or says `any`: every interface but the
-loopback, present and future, each listened on once it is up. `Interfaces` holds one
-`Listener` per listened interface and keeps them in line with the kernel: it opens a capture
-when an interface is there, closes it when the interface is deleted or re-created (a new
-index), logs it going down and up, and recompiles the kernel filters when addresses change.
+`Interfaces` holds one `Listener` per interface that -i selects (see selection.py) and keeps
+them in line with the kernel: it opens a capture when an interface is there, closes it when
+the interface is deleted or re-created (a new index), logs it going down and up, and
+recompiles the kernel filters when addresses change.
 It learns of changes from rtnetlink announcements at once, from the captures themselves
 (errors, a socket readable with nothing in it), every second while an interface is missing
 or down, and every -r seconds as a safety net. One interface going away never stops others.
@@ -26,63 +25,22 @@ import select
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
 
 from tportknockd import filter as bpf
 from tportknockd import netif
 from tportknockd.capture import RingGeometry
 from tportknockd.listener import Feed, Listener, Perform
 from tportknockd.model import Frame
+from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
 
 log = logging.getLogger("tportknockd")
 
 LINK_CHECK = 1.0  # seconds between checks while an interface is down or missing
-ANY = "any"
 
 
 class StartupError(Exception):
     """A problem that stops the daemon before it runs: one clear line for the user."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The interfaces to listen on: some by name, or every one but the loopback (`any`)."""
-
-    names: tuple[str, ...] = ()
-    every: bool = False
-
-    @classmethod
-    def parse(cls, values: Iterable[str]) -> Selection:
-        """From the -i values, each a comma-separated list; ValueError when they make no sense."""
-        names: list[str] = []
-        for value in values:
-            for name in (part.strip() for part in value.split(",")):
-                if not name:
-                    raise ValueError(f"-i {value!r}: an empty interface name")
-                if name not in names:
-                    names.append(name)
-        if not names:
-            raise ValueError("-i: no interface named")
-        if ANY in names:
-            if len(names) > 1:
-                raise ValueError("-i any already means every interface: name no others with it")
-            return cls(every=True)
-        return cls(tuple(names))
-
-    def listens_on(self, link: netif.Interface) -> bool:
-        """Is `link` one to open a capture on now? (`any`: once it is up, never loopback,
-        and only links that carry IP in a way the filter knows: Ethernet or raw IP.)"""
-        if self.every:
-            return link.up and not link.loopback and link.framing is not None
-        return link.name in self.names
-
-    def counts_addresses_of(self, link: netif.Interface) -> bool:
-        """Do packets to `link`'s addresses count (on whichever listened interface)?"""
-        return self.every or link.name in self.names
-
-    def describe(self) -> str:
-        return "every interface but the loopback" if self.every else ", ".join(self.names)
 
 
 class Interfaces:
@@ -372,16 +330,6 @@ def _is_link_local(address: str) -> bool:
     # IPv6 link-local addresses belong to one link: Linux takes them only on their own
     # interface. IPv4 link-local (169.254/16) is accepted on any, like every IPv4 address.
     return ":" in address and ipaddress.ip_address(address).is_link_local
-
-
-def any_would_listen_on(links: Collection[netif.Interface]) -> tuple[list[str], list[str]]:
-    """For -l: the interfaces `-i any` listens on now, and those it will once they are up."""
-    every = Selection(every=True)
-    now = [link.name for link in links if every.listens_on(link)]
-    later = [
-        link.name for link in links if not link.up and every.listens_on(replace(link, up=True))
-    ]
-    return now, later
 
 
 def _check_can_capture() -> None:

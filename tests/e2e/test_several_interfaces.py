@@ -128,8 +128,8 @@ def test_start_up_fails_in_one_line_for_a_missing_named_interface(
     )
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 1
-    # The log's first line (the version), then the one line that says what is wrong.
-    assert len(lines) == 2 and " starting: " in lines[0], lines
+    # The log's first line (the version and what it listens on), then what is wrong.
+    assert len(lines) == 2 and lines[0].endswith(f" starting: {config} on knk0, nosuchdev")
     assert lines[1] == "tportknockd: no interface 'nosuchdev' (see tportknockd -l)"
 
 
