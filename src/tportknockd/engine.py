@@ -10,8 +10,9 @@ Matching rules
   packet's whole flag byte equals the frame's flags. All eight bits count: the letters name
   FIN SYN RST PSH ACK URG, so ECE and CWR must be clear. Only a frame with `i` accepts any
   flags.
-* Only packets addressed to one of the interface's own addresses are fed in (the daemon and
-  the kernel filter see to that), never outgoing ones.
+* Only packets addressed to an address of a listened interface are fed in (the daemon and
+  the kernel filter see to that), never outgoing ones, whichever listened interface they
+  came in on.
 * State is kept per event and per source address (an *attempt*). A packet that matches frame 0
   of an event starts an attempt for its source; the whole sequence must then arrive within the
   event's `timeout` seconds of that first frame.
