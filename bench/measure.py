@@ -105,6 +105,10 @@ class Capture:
         """Per source address: the capture time of its last packet."""
         return last_sent(self.path)
 
+    def sent_since(self, unix_time: float) -> int:
+        """How many knock packets were sent at or after `unix_time`."""
+        return sum(1 for stamp, _ in read_pcap_sources(self.path) if stamp >= unix_time)
+
 
 def last_sent(path: Path) -> dict[str, float]:
     """Per source address of a pcap file: the capture time of its last packet."""
