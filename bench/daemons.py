@@ -69,7 +69,7 @@ class Daemon:
             bed.in_server(["taskset", "-c", str(DAEMON_CPU),
                            *self.argv(conf, bed.server_if)]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=project_env())
-        reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
+        reader = threading.Thread(target=collect_lines, args=(proc, lines), daemon=True)
         reader.start()
         run = Running(proc, 0.0, lines, reader)
         deadline = started + 10
@@ -91,7 +91,7 @@ class Daemon:
         return self.statistics(run.lines)
 
 
-def _collect(proc: subprocess.Popen[str], lines: list[str]) -> None:
+def collect_lines(proc: subprocess.Popen[str], lines: list[str]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
