@@ -281,7 +281,8 @@ NOTES = [
     "and the kernel passes the frame; after it the recompiled filter drops it. Packets the "
     "kernel filter passed: tportknockd's `kernel_packets` (ring drops included), read by "
     f"SIGUSR1 {MOVE_SNAPSHOT_DELAY_S:g} s after the change and at exit; after the change, "
-    "the knock packets captured from then on are left out.",
+    "the knock packets captured from then on are left out. *During it, after the window "
+    "moved*: knocks whose first packet went out after the change.",
 ]
 
 

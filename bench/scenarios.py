@@ -159,8 +159,8 @@ def drive_otp_flood(ctx: Context, pps: int | None) -> list[Knock]:
     change halfway: until the change that window is still accepted (w-1, for clock skew) and
     the kernel passes the frame; after it the window is out of reach and the kernel filter,
     recompiled at the change, drops it. The daemon's counters are taken just after the
-    change. Each user knocks its own event, by the client with -c/-e; a knock whose last
-    packet went out after the change counts as "moved"."""
+    change. Each user knocks its own event, by the client with -c/-e; a knock sent wholly
+    after the change counts as "moved"."""
     s, conf = ctx.settings, ctx.conf
     assert conf is not None
     # About halfway; trafgen's -b sends each second's packets in one burst at the start of
@@ -195,13 +195,14 @@ def change_into_flood(flood_s: float) -> float:
 
 
 def _after_the_change(ctx: Context, knocks: Sequence[Knock], change: float) -> None:
-    """Mark "moved" the knocks whose last packet went out after the window change."""
+    """Mark "moved" the knocks sent wholly after the window change (from their first packet
+    on: one that began before it met the old window's flood)."""
     assert ctx.capture is not None
     for knock in knocks:
         knock.sent()
-    last = ctx.capture.last_sent()
+    first = ctx.capture.first_sent()
     for knock in knocks:
-        if last.get(knock.source, 0.0) >= change:
+        if first.get(knock.source, 0.0) >= change:
             knock.kind = "moved"
 
 
