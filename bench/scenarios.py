@@ -251,12 +251,12 @@ SCENARIOS = (
     Scenario("e", "(e) {v6_knocks} IPv6 knocks at idle", "e IPv6", drive_v6, Rows()),
     Scenario("f10k", "(f) one-time door: spoofed copies of the previous window's first frame "
              "at 10k pps across a window change, {during_knocks} knocks during and "
-             "{after_knocks} right after", "f one-time 10k pps",
+             "{after_knocks} right after", "f OTP 10k pps",
              lambda ctx: drive_otp_flood(ctx, ctx.settings.slow_pps), OTP_ROWS,
              flood_wait=True, daemons=("tportknockd",), configs={"tportknockd": otp_config}),
     Scenario("ffull", "(f) one-time door: spoofed copies of the previous window's first "
              "frame at full rate across a window change, {during_knocks} knocks during and "
-             "{after_knocks} right after", "f one-time full rate",
+             "{after_knocks} right after", "f OTP full rate",
              lambda ctx: drive_otp_flood(ctx, None), OTP_ROWS,
              flood_wait=True, daemons=("tportknockd",), configs={"tportknockd": otp_config}),
 )
