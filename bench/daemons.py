@@ -55,16 +55,21 @@ class Daemon:
     def statistics(self, lines: list[str]) -> dict[str, int]:
         return {}
 
-    def start(self, bed: Testbed, procs: Processes, conf: Path, out: Path) -> Running:
-        """Write the config to `conf`, start the daemon pinned to its CPU, wait until ready."""
-        conf.write_text(self.config(out))
+    def statistics_now(self, run: Running) -> dict[str, int]:
+        """The daemon's counters at this moment, where it can tell them ({} otherwise)."""
+        return {}
+
+    def start(self, bed: Testbed, procs: Processes, conf: Path, text: str) -> Running:
+        """Write the config `text` to `conf`, start the daemon pinned to its CPU, wait until
+        ready. `text` is `config(out)` unless a scenario brings its own."""
+        conf.write_text(text)
         lines: list[str] = []
         started = time.monotonic()
         proc = procs.start(
             bed.in_server(["taskset", "-c", str(DAEMON_CPU),
                            *self.argv(conf, bed.server_if)]),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=project_env())
-        reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
+        reader = threading.Thread(target=collect_lines, args=(proc, lines), daemon=True)
         reader.start()
         run = Running(proc, 0.0, lines, reader)
         deadline = started + 10
@@ -86,7 +91,7 @@ class Daemon:
         return self.statistics(run.lines)
 
 
-def _collect(proc: subprocess.Popen[str], lines: list[str]) -> None:
+def collect_lines(proc: subprocess.Popen[str], lines: list[str]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
@@ -127,6 +132,14 @@ def knockd_config(out: Path) -> str:
     )
 
 
+#: How long a daemon may take to answer SIGUSR1 (it reads signals between ring blocks).
+STATISTICS_WAIT_S = 5.0
+
+
+def _statistics_lines(lines: list[str]) -> int:
+    return sum(1 for line in lines if "statistics:" in line)
+
+
 def parse_statistics(lines: list[str]) -> dict[str, int]:
     """The counters of tportknockd's last `statistics:` line (its exit line), by name."""
     for line in reversed(lines):
@@ -153,6 +166,17 @@ class Tportknockd(Daemon):
 
     def statistics(self, lines: list[str]) -> dict[str, int]:
         return parse_statistics(lines)
+
+    def statistics_now(self, run: Running) -> dict[str, int]:
+        """SIGUSR1 makes the daemon log a statistics line (kernel counters read afresh)."""
+        before = _statistics_lines(run.lines)
+        run.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + STATISTICS_WAIT_S
+        while _statistics_lines(run.lines) == before:
+            if time.monotonic() > deadline or run.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} logged no statistics on SIGUSR1")
+            time.sleep(0.001)
+        return parse_statistics(run.lines)
 
 
 class Knockd(Daemon):

@@ -105,6 +105,14 @@ class Capture:
         """Per source address: the capture time of its last packet."""
         return last_sent(self.path)
 
+    def first_sent(self) -> dict[str, float]:
+        """Per source address: the capture time of its first packet."""
+        return first_sent(self.path)
+
+    def sent_since(self, unix_time: float) -> int:
+        """How many knock packets were sent at or after `unix_time`."""
+        return sent_since(self.path, unix_time)
+
 
 def last_sent(path: Path) -> dict[str, float]:
     """Per source address of a pcap file: the capture time of its last packet."""
@@ -112,6 +120,19 @@ def last_sent(path: Path) -> dict[str, float]:
     for stamp, source in read_pcap_sources(path):
         last[source] = max(stamp, last.get(source, 0.0))
     return last
+
+
+def first_sent(path: Path) -> dict[str, float]:
+    """Per source address of a pcap file: the capture time of its first packet."""
+    first: dict[str, float] = {}
+    for stamp, source in read_pcap_sources(path):
+        first[source] = min(stamp, first.get(source, stamp))
+    return first
+
+
+def sent_since(path: Path, unix_time: float) -> int:
+    """How many packets of a pcap file were captured at or after `unix_time`."""
+    return sum(1 for stamp, _ in read_pcap_sources(path) if stamp >= unix_time)
 
 
 def read_pcap_sources(path: Path) -> Iterator[tuple[float, str]]:

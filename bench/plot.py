@@ -96,13 +96,18 @@ def _opened(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str],
     labels = [s.label if what == "detected" else f"{s.key} +ECE (must stay shut)"
               for s, what in groups]
     for offset, name in zip(shifts, daemons, strict=True):
-        fractions, texts = [], []
-        for scenario, what in groups:
-            counts = get(sums[scenario.key].get(name), what) or (0, 0)
+        positions, fractions, texts = [], [], []
+        for i, (scenario, what) in enumerate(groups):
+            summary = sums[scenario.key].get(name)
+            if summary is None:
+                continue  # not run, or not for this daemon: no bar rather than a 0
+            counts = get(summary, what) or (0, 0)
+            positions.append(i + offset)
             fractions.append(counts[0] / counts[1] if counts[1] else 0)
             texts.append(f"{counts[0]}/{counts[1]}")
-        bars = ax.bar([i + offset for i in range(len(groups))], fractions, width,
-                      color=palette[name], label=name)
+        if not positions:
+            continue  # nothing of this daemon here: no (miscoloured) legend entry either
+        bars = ax.bar(positions, fractions, width, color=palette[name], label=name)
         for bar, text in zip(bars, texts, strict=True):
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
@@ -117,9 +122,12 @@ def _cpu(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str], sums: Summa
     palette = colors(daemons)
     width, shifts = offsets(daemons)
     for offset, name in zip(shifts, daemons, strict=True):
-        values = [max(get(sums[s.key].get(name), "cpu_s") or 0.0, 1e-4) for s in shown]
-        bars = ax.bar([i + offset for i in range(len(shown))], values, width,
-                      color=palette[name], label=name)
+        ran = [(i, sums[s.key][name]) for i, s in enumerate(shown) if name in sums[s.key]]
+        if not ran:
+            continue
+        values = [max(get(summary, "cpu_s") or 0.0, 1e-4) for _, summary in ran]
+        bars = ax.bar([i + offset for i, _ in ran], values, width, color=palette[name],
+                      label=name)
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)

@@ -15,6 +15,8 @@ from bench.settings import (
     DOOR,
     GENERATOR_CPU,
     KNOCKD_DOOR,
+    MOVE_SNAPSHOT_DELAY_S,
+    OTP_WINDOW,
     SEQ_TIMEOUT,
     SPOOF_SOURCES,
     TARGETS,
@@ -88,51 +90,63 @@ def all_opened(counts: Sequence[int] | None) -> bool:
     return counts is not None and counts[1] > 0 and counts[0] == counts[1]
 
 
-class _Section:
-    """The rows of one scenario, built from each daemon's summary."""
+NOT_APPLICABLE = "n/a"
 
-    def __init__(self, by_daemon: dict[str, dict[str, Any]], daemons: Sequence[str]) -> None:
+
+class _Section:
+    """The rows of one scenario, built from each daemon's summary. A daemon the scenario does
+    not apply to shows n/a throughout (one that could have run but did not shows —)."""
+
+    def __init__(self, by_daemon: dict[str, dict[str, Any]], daemons: Sequence[str],
+                 applies: Callable[[str], bool] = lambda _: True) -> None:
         self.summaries = [by_daemon.get(name) for name in daemons]
+        self.applies = [applies(name) for name in daemons]
         self.rows: list[Row] = []
+
+    def _add(self, label: str, values: Sequence[str], target: str,
+             ratios: Sequence[str]) -> None:
+        shown = tuple(v if ok else NOT_APPLICABLE for v, ok in zip(values, self.applies,
+                                                                    strict=True))
+        self.rows.append(Row(label, shown, target, tuple(ratios)))
 
     def pairs(self, label: str, name: str, target: str = "",
               ok: Callable[[Sequence[int] | None], bool | None] = lambda _: None) -> None:
         found = [get(s, name) for s in self.summaries]
         values = [pair(p) if p else "—" for p in found]
         ref = fraction(found[0]) if found[0] else None
-        self.rows.append(Row(
+        self._add(
             label,
             (values[0], *(v + check(ok(p)) for v, p in zip(values[1:], found[1:], strict=True))),
             target,
-            tuple(ratio(fraction(p) if p else None, ref) for p in found[1:])))
+            [ratio(fraction(p) if p else None, ref) for p in found[1:]])
 
     def numbers(self, label: str, path: tuple[str, ...], digits: int = 1, target: str = "",
                 limit: float | None = None, scale: float = 1.0) -> None:
         found = [get(s, *path) for s in self.summaries]
         found = [v * scale if v is not None else None for v in found]
-        self.rows.append(Row(
+        self._add(
             label,
             (fmt(found[0], digits),
              *(fmt(v, digits) + check(None if limit is None or v is None else v <= limit)
                for v in found[1:])),
             target,
-            tuple(ratio(v, found[0]) for v in found[1:])))
+            [ratio(v, found[0]) for v in found[1:]])
 
     def ring_drops(self, must_be_zero: bool) -> None:
         # knockd (the reference) does not report libpcap's drop count.
         drops = [get(s, "ring_drops") for s in self.summaries[1:]]
-        self.rows.append(Row(
+        self._add(
             "kernel ring drops",
-            ("n/a", *(("—" if d is None else str(d))
-                      + check(d == 0 if must_be_zero and d is not None else None)
-                      for d in drops)),
+            (NOT_APPLICABLE, *(("—" if d is None else str(d))
+                               + check(d == 0 if must_be_zero and d is not None else None)
+                               for d in drops)),
             "0" if must_be_zero else "",
-            tuple("—" for _ in drops)))
+            ["—" for _ in drops])
 
 
-def scenario_rows(rows: Rows, by_daemon: dict[str, dict[str, Any]],
-                  daemons: Sequence[str]) -> list[Row]:
-    section = _Section(by_daemon, daemons)
+def scenario_rows(rows: Rows, by_daemon: dict[str, dict[str, Any]], daemons: Sequence[str],
+                  applies: Callable[[str], bool] = lambda _: True) -> list[Row]:
+    section = _Section(by_daemon, daemons, applies)
     every = "all" if rows.all_detected else ""
     if rows.flag_door:
         section.pairs("exact URG+PSH knocks: opened/sent", "detected", every, all_opened)
@@ -143,6 +157,8 @@ def scenario_rows(rows: Rows, by_daemon: dict[str, dict[str, Any]],
                       all_opened if rows.all_detected else lambda _: None)
     if rows.during_after:
         section.pairs("… during the flood", "during")
+        if rows.window_move:
+            section.pairs("… during it, after the window moved", "during_moved")
         section.pairs("… right after it", "after")
     median, p95 = rows.latency_targets or (None, None)
     section.numbers("latency median (ms)", ("latency_ms", "median"), 1,
@@ -162,6 +178,11 @@ def scenario_rows(rows: Rows, by_daemon: dict[str, dict[str, Any]],
         if rows.per_read_packet:
             section.numbers("… per packet read from the ring (µs)", ("us_per_read_packet",), 2)
         section.ring_drops(rows.no_ring_drops)
+    if rows.window_move:
+        section.numbers("packets the kernel filter passed to the daemon", ("kernel_passed",), 0)
+        section.numbers("… until the window moved", ("kernel_passed_before_move",), 0)
+        section.numbers("… after it, flood packets only",
+                        ("flood_passed_after_move",), 0, "0", 0)
     section.numbers("RSS peak (MB)", ("rss_peak_mb",), 1, at_most("rss_peak_mb"),
                     TARGETS["rss_peak_mb"])
     return section.rows
@@ -169,7 +190,8 @@ def scenario_rows(rows: Rows, by_daemon: dict[str, dict[str, Any]],
 
 def table_rows(table: Table, sums: Summaries) -> list[tuple[str, list[Row]]]:
     """(scenario heading, its rows) for each scenario that was run."""
-    return [(s.heading(table.settings), scenario_rows(s.rows, sums[s.key], table.daemons))
+    return [(s.heading(table.settings),
+             scenario_rows(s.rows, sums[s.key], table.daemons, s.applies_to))
             for s in table.scenarios if s.key in sums]
 
 
@@ -240,11 +262,27 @@ NOTES = [
     "- Floods: trafgen `--no-sock-mem -Q` in the client namespace, bounded by `-n` and "
     "`timeout`. Non-knock: random UDP/TCP-ACK to ports ≥ 10000 from random 198.18.0.0/15 "
     "sources. Spoofed: udp/7000 (the first frame) from 100,000 sources counting through "
-    "198.18.0.0/15; at 10k pps (`-b 10000pps`, one pass) and at full rate. Delivered pps: "
+    "198.18.0.0/15; at 10k pps (`-b 10000pps`, one pass; trafgen sends each second's "
+    "10,000 packets in one burst at the start of that second) and at full rate (bounded by "
+    "`timeout`: the flood's length plus 2 s). Delivered pps: "
     "the server veth's rx_packets over trafgen's sending time. Knocks: evenly spread over "
     "the flood, and (c) right after it.",
     "- knockd and IPv6: version 0.8 tracks IPv6 too, so scenario e is measured, not "
     "n/a.",
+    f"- One-time door (f, tportknockd only: knockd has no time-based sequences, n/a): one "
+    f"event per knocking user, each with its own secret (mode 600), `otp_window = "
+    f"{OTP_WINDOW}`, `timeout = {SEQ_TIMEOUT}`, otherwise the defaults (4 frames of `tcp:s "
+    "udp` from 20000–59999); each user knocks its own event with `tportknock -c CONF -e "
+    "EVENT`. The flood is spoofed copies of the first frame of the previous window's "
+    "sequence (derived by `tportknockd.otp` from the daemon's config: what someone who saw "
+    "a knock in that window would send), 100,000 sources of 198.18.0.0/15. The window "
+    "changes 4.5 s into the flood (1.5 s with --quick; between two of the 10k pps flood's "
+    "bursts): until then that window is still accepted (w−1, for clock skew) "
+    "and the kernel passes the frame; after it the recompiled filter drops it. Packets the "
+    "kernel filter passed: tportknockd's `kernel_packets` (ring drops included), read by "
+    f"SIGUSR1 {MOVE_SNAPSHOT_DELAY_S:g} s after the change and at exit; after the change, "
+    "the knock packets captured from then on are left out. *During it, after the window "
+    "moved*: knocks whose first packet went out after the change.",
 ]
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 if __name__ == "__main__":
     # The checkout, not bench/, goes first on the path: `bench` is then the package, and its
     # modules do not stand in for top-level ones.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    checkout = Path(__file__).resolve().parent.parent
+    sys.path[0:1] = [str(checkout), str(checkout / "src")]  # tportknockd without the venv too
     from bench.cli import run
 
     run()

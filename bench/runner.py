@@ -40,6 +40,9 @@ def run_all(bed: Testbed, procs: Processes, workdir: Path, settings: Settings,
     ctx = Context(bed, procs, workdir, settings, Knocker(bed, procs), Flood(bed, procs, workdir))
     for scenario in scenarios:
         for daemon in daemons:
+            if not scenario.applies_to(daemon.name):
+                print(f"{scenario.heading(settings)}: not for {daemon.name}", flush=True)
+                continue
             print(f"{scenario.heading(settings)}: {daemon.name} ...", flush=True)
             outcome = run_scenario(ctx, scenario, daemon)
             outcomes.append(outcome)
@@ -50,8 +53,10 @@ def run_scenario(ctx: Context, scenario: Scenario, daemon: Daemon) -> Outcome:
     stem = f"{scenario.key}-{daemon.name}"
     out = ctx.workdir / f"{stem}.txt"
     outcome = Outcome(scenario.key, daemon.name)
-    ctx.flood_results = []
-    run = daemon.start(ctx.bed, ctx.procs, ctx.workdir / f"{stem}.conf", out)
+    ctx.flood_results, ctx.snapshots = [], {}
+    conf = ctx.workdir / f"{stem}.conf"
+    run = daemon.start(ctx.bed, ctx.procs, conf, scenario.config(daemon, ctx, out))
+    ctx.daemon, ctx.run, ctx.conf = daemon, run, conf
     pid = run.proc.pid
     outcome.startup_s = run.startup_s
     try:
@@ -59,6 +64,7 @@ def run_scenario(ctx: Context, scenario: Scenario, daemon: Daemon) -> Outcome:
         outcome.rss_start_kb = memory_kb(pid)["VmRSS"]
         with Capture(ctx.bed, ctx.procs, ctx.workdir / f"{stem}.pcap") as capture, \
                 RssSampler(pid) as rss:
+            ctx.capture = capture
             cpu0, stat0, rx0 = cpu_seconds(pid), stat_cpu_seconds(pid), ctx.bed.rx_packets()
             started = time.monotonic()
             knocks = scenario.drive(ctx)
@@ -74,6 +80,9 @@ def run_scenario(ctx: Context, scenario: Scenario, daemon: Daemon) -> Outcome:
         (ctx.workdir / f"{stem}.log").write_text("".join(run.lines))
     outcome.knocks = knock_records(knocks, detections(out), capture.last_sent())
     outcome.floods = [asdict(f) | {"pps": f.pps} for f in ctx.flood_results]
+    outcome.snapshots = {
+        name: figures | {"knock_packets_after": capture.sent_since(figures["at"])}
+        for name, figures in ctx.snapshots.items()}
     return outcome
 
 

@@ -33,6 +33,13 @@ FLAG_DOOR = ("tcp:110:up", "udp:111")
 KNOCKD_FLAG_DOOR = "110:tcp,111:udp"
 SEQ_TIMEOUT = 10
 CLIENT_DELAY_MS = 10
+#: The one-time scenario (f): windows of 10 s, the shortest that the 10 s sequence timeout
+#: allows (timeout <= otp_window), so that lining a flood up with a window change waits at
+#: most 10 s; what the scenario shows does not depend on the length otherwise.
+OTP_WINDOW = 10
+#: How long after the window change the daemon's statistics are taken (SIGUSR1): what the
+#: kernel passed before that moment belongs to the old window, what it passed after to the new.
+MOVE_SNAPSHOT_DELAY_S = 0.25
 
 #: The figures tportknockd is held to (✓/✗ in the report).
 TARGETS = {

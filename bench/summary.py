@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Knock kinds that must open the door (an "ece" knock must not).
-GOOD_KINDS = ("", "during", "after", "exact")
+#: Knock kinds that must open the door (an "ece" knock must not). "moved": during a flood,
+#: after the one-time window moved (scenario f).
+GOOD_KINDS = ("", "during", "moved", "after", "exact")
 
 #: scenario key → daemon name → summary
 Summaries = dict[str, dict[str, dict[str, Any]]]
@@ -32,6 +33,9 @@ class Outcome:
     floods: list[dict[str, Any]] = field(default_factory=list)
     window_s: float = 0.0
     delivered: int = 0
+    #: The daemon's counters taken during the run, by name: "at" (Unix time), its
+    #: statistics, and "knock_packets_after" (knock packets sent from then on).
+    snapshots: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def latency_stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -54,7 +58,8 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
     flood = outcome.floods[0] if outcome.floods else None
     return {
         "detected": count(GOOD_KINDS),
-        "during": count(("during",)),
+        "during": count(("during", "moved")),
+        "during_moved": count(("moved",)),
         "after": count(("after",)),
         "ece_opened": count(("ece",)),
         "latency_ms": latency_stats(latencies),
@@ -70,7 +75,21 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         # Per packet the daemon actually read (tportknockd's count; the rest the ring dropped).
         "us_per_read_packet": (outcome.cpu_s / outcome.statistics["packets"] * 1e6
                                if flood and outcome.statistics.get("packets") else None),
+        "kernel_passed": outcome.statistics.get("kernel_packets"),
+        **window_move(outcome),
     }
+
+
+def window_move(outcome: Outcome) -> dict[str, int | None]:
+    """What the kernel filter passed to the daemon before the one-time window moved, and the
+    flood packets it passed after (all it passed then, less the knocks' own packets)."""
+    moved = outcome.snapshots.get("window_moved")
+    total = outcome.statistics.get("kernel_packets")
+    if moved is None or total is None:
+        return {"kernel_passed_before_move": None, "flood_passed_after_move": None}
+    before = int(moved["kernel_packets"])
+    return {"kernel_passed_before_move": before,
+            "flood_passed_after_move": total - before - int(moved["knock_packets_after"])}
 
 
 def summarize_all(outcomes: Sequence[Outcome]) -> Summaries:

@@ -29,6 +29,7 @@ from bench.settings import (
     SPOOF_SOURCES,
 )
 from bench.testbed import Processes, Testbed, project_env, signal_quietly
+from tportknockd.model import ACK, CWR, ECE, FIN, PROTO_UDP, PSH, RST, SYN, URG, Frame
 
 
 @dataclass
@@ -52,9 +53,18 @@ class Knocker:
 
     def client(self, source: str, frames: Sequence[str], kind: str = "") -> Knock:
         """The project's own client: `python -m tportknockd.client -s SOURCE HOST FRAME...`."""
+        return self._client(source, [], frames, kind)
+
+    def client_event(self, source: str, conf: Path, event: str, kind: str = "") -> Knock:
+        """The client knocking an event of a config (`-c CONF -e EVENT`): for a one-time
+        event, the sequence of the window it is sent in."""
+        return self._client(source, ["-c", str(conf), "-e", event], [], kind)
+
+    def _client(self, source: str, options: Sequence[str], frames: Sequence[str],
+                kind: str) -> Knock:
         server = SERVER_V6 if ":" in source else SERVER_V4
         argv = self._pinned([sys.executable, "-m", "tportknockd.client", "-d",
-                             str(CLIENT_DELAY_MS), "-s", source, server, *frames])
+                             str(CLIENT_DELAY_MS), "-s", source, *options, server, *frames])
         proc = self.procs.start(argv, env=project_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         return Knock(source, kind, [proc])
@@ -104,15 +114,33 @@ def noise_config(server_mac: str) -> str:
     )
 
 
-def spoof_config(server_mac: str, pinned: bool) -> str:
-    """The door's first frame (udp/7000), sources counting through 100k of 198.18.0.0/15."""
+#: The door's first frame (udp/7000): what the floods of scenario c send.
+DOOR_FIRST_FRAME = Frame(PROTO_UDP, 7000, None)
+#: trafgen's tcp() keyword for each flag bit.
+TRAFGEN_FLAGS = ((FIN, "fin"), (SYN, "syn"), (RST, "rst"), (PSH, "psh"), (ACK, "ack"),
+                 (URG, "urg"), (ECE, "ece"), (CWR, "cwr"))
+
+
+def spoof_config(server_mac: str, pinned: bool, frame: Frame = DOOR_FIRST_FRAME) -> str:
+    """A first frame (the door's, udp/7000, unless given), sources counting through 100k of
+    198.18.0.0/15."""
     prefix = f"cpu({GENERATOR_CPU}): " if pinned else ""
     return (
         f"{prefix}{{\n  eth(da={server_mac}),\n"
         f"  ipv4(sa=198.18.0.0, sa=dinc({SPOOF_BASE}, {SPOOF_BASE + SPOOF_SOURCES - 1}), "
         f"da={SERVER_V4}, ttl=64),\n"
-        "  udp(sp=40000, dp=7000),\n  fill(0x6b, 5)\n}\n"
+        f"  {transport(frame)}\n}}\n"
     )
+
+
+def transport(frame: Frame) -> str:
+    """The trafgen lines of a frame's TCP or UDP header (and payload): exactly the frame's
+    flags (a SYN for `i`, as the client sends), a small payload after UDP."""
+    if frame.protocol == PROTO_UDP:
+        return f"udp(sp=40000, dp={frame.port}),\n  fill(0x6b, 5)"
+    flags = SYN if frame.flags is None else frame.flags
+    names = "".join(f", {name}" for bit, name in TRAFGEN_FLAGS if flags & bit)
+    return f"tcp(sp=40000, dp={frame.port}{names}, seq=1, win=1024)"
 
 
 def flood_bounds(seconds: float, pps: int | None) -> tuple[int, list[str]]:
@@ -141,14 +169,15 @@ class Flood:
         self.bed, self.procs, self.workdir = bed, procs, workdir
 
     @contextmanager
-    def flood(self, kind: str, seconds: float, pps: int | None,
-              result: list[FloodResult]) -> Iterator[None]:
-        """Run the flood while the body runs; the body must not outlast it by much."""
+    def flood(self, kind: str, seconds: float, pps: int | None, result: list[FloodResult],
+              frame: Frame = DOOR_FIRST_FRAME) -> Iterator[None]:
+        """Run the flood while the body runs; the body must not outlast it by much. A
+        `noise` flood is non-knock traffic; any other kind is spoofed copies of `frame`."""
         cfg = self.workdir / f"{kind}.cfg"
         if kind == "noise":
             cfg.write_text(noise_config(self.bed.server_mac))
         else:
-            cfg.write_text(spoof_config(self.bed.server_mac, pinned=pps is None))
+            cfg.write_text(spoof_config(self.bed.server_mac, pinned=pps is None, frame=frame))
         count, rate = flood_bounds(seconds, pps)
         argv = ["timeout", "-s", "INT", "-k", "3", f"{seconds + 2:g}",
                 *self.bed.in_client(["taskset", "-c", str(GENERATOR_CPU), "trafgen",

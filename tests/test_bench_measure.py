@@ -16,10 +16,12 @@ from scapy.utils import PcapWriter
 from bench.measure import (
     cpu_seconds,
     detections,
+    first_sent,
     last_sent,
     memory_kb,
     parse_memory,
     read_pcap_sources,
+    sent_since,
 )
 
 
@@ -55,6 +57,12 @@ def test_pcap_sources_and_times(tmp_path: Path, nano: bool) -> None:
     assert found[1][0] == pytest.approx(1_800_000_000.5, abs=1e-6)
     assert last_sent(path) == pytest.approx({"198.51.100.10": 1_800_000_001.25,
                                              "2001:db8::10": 1_800_000_000.5})
+    assert first_sent(path) == pytest.approx({"198.51.100.10": 1_800_000_000.0,
+                                              "2001:db8::10": 1_800_000_000.5})
+    # Knock packets from a moment on (the ARP frame is not one).
+    assert sent_since(path, 1_800_000_000.5) == 2
+    assert sent_since(path, 1_800_000_001.3) == 0
+    assert sent_since(path, 0) == 3
 
 
 def test_pcap_big_endian_and_truncated(tmp_path: Path) -> None:

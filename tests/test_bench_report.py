@@ -33,7 +33,8 @@ def summary(**figures: Any) -> dict[str, Any]:
         "latency_ms": {"median": 3.0, "p95": 4.0, "max": 4.5}, "cpu_s": 0.01,
         "rss_start_mb": 19.0, "rss_peak_mb": 19.5, "startup_s": 0.2, "ring_drops": None,
         "flood_pps": None, "flood_delivered": None, "us_per_packet": None,
-        "us_per_read_packet": None,
+        "us_per_read_packet": None, "during_moved": (0, 0), "kernel_passed": None,
+        "kernel_passed_before_move": None, "flood_passed_after_move": None,
     }
     return base | figures
 
@@ -205,3 +206,49 @@ def test_results_json_round_trips() -> None:
     assert set(data) == {"machine", "settings", "targets", "summary", "overall", "outcomes"}
     assert data["summary"]["a"]["tportknockd"]["detected"] == [1, 1]
     assert data["outcomes"][0]["knocks"][0]["latency_ms"] == 3.0
+
+
+def one_time_rows(tportknockd: dict[str, Any]) -> dict[str, Any]:
+    scenario = next(s for s in SCENARIOS if s.key == "ffull")
+    return by_label(scenario_rows(scenario.rows, {"tportknockd": tportknockd},
+                                  ["knockd", "tportknockd"], scenario.applies_to))
+
+
+def test_a_scenario_not_for_a_daemon_shows_n_a_in_its_column() -> None:
+    rows = one_time_rows(summary(detected=(15, 20), during=(5, 10), during_moved=(5, 5),
+                                 after=(10, 10), ring_drops=12, flood_pps=300_000.0))
+    assert all(row.values[0] == "n/a" for row in rows.values())
+    assert all(row.ratios == ("—",) for row in rows.values())
+    assert rows["knocks detected/sent"].values == ("n/a", "15/20 ✗")
+    assert rows["… during it, after the window moved"].values == ("n/a", "5/5")
+    assert rows["kernel ring drops"].values == ("n/a", "12")
+
+
+def test_the_one_time_rows_split_what_the_kernel_passed_at_the_window_change() -> None:
+    rows = one_time_rows(summary(kernel_passed=50_040, kernel_passed_before_move=50_000,
+                                 flood_passed_after_move=0))
+    labels = list(rows)
+    start = labels.index("… during the flood")
+    assert labels[start: start + 3] == ["… during the flood",
+                                        "… during it, after the window moved",
+                                        "… right after it"]
+    assert rows["packets the kernel filter passed to the daemon"].values == ("n/a", "50040")
+    assert rows["… until the window moved"].values == ("n/a", "50000")
+    after = rows["… after it, flood packets only"]
+    assert after.values == ("n/a", "0 ✓") and after.target == "0"
+    leaked = one_time_rows(summary(flood_passed_after_move=7))
+    assert leaked["… after it, flood packets only"].values == ("n/a", "7 ✗")
+    # Without the snapshot (an old results file, or SIGUSR1 unanswered): dashes, no mark.
+    assert one_time_rows(summary())["… until the window moved"].values == ("n/a", "—")
+
+
+def test_other_scenarios_have_no_window_rows() -> None:
+    for scenario in SCENARIOS:
+        if scenario.rows.window_move:
+            continue
+        rows = by_label(scenario_rows(scenario.rows, {"knockd": summary(),
+                                                      "tportknockd": summary()},
+                                      ["knockd", "tportknockd"], scenario.applies_to))
+        assert not any("window" in label for label in rows)
+        assert all(row.values[0] != "n/a" or label == "kernel ring drops"
+                   for label, row in rows.items())

@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from bench.daemons import (
     DAEMONS,
     Knockd,
+    Running,
     Tportknockd,
+    collect_lines,
     knockd_config,
     parse_statistics,
     start_command,
     tportknockd_config,
 )
+from bench.onetime import flood_target, next_change_after, secret_path, tportknockd_otp_config
 from bench.runner import knock_records
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, Context, change_into_flood
 from bench.settings import (
     CLIENT_V4,
     CLIENT_V6,
@@ -31,6 +41,8 @@ from bench.settings import (
     KNOCK_V6,
     KNOCKD_DOOR,
     KNOCKD_FLAG_DOOR,
+    OTP_WINDOW,
+    SEQ_TIMEOUT,
     SERVER_V4,
     SERVER_V6,
     SPOOF_BASE,
@@ -39,8 +51,11 @@ from bench.settings import (
     Settings,
 )
 from bench.traffic import Knock, flood_bounds, noise_config, spoof_config, trafgen_figures
-from tportknockd.config import parse_config
-from tportknockd.model import PROTO_TCP, PROTO_UDP, PSH, SYN, URG
+from tportknockd import otp
+from tportknockd.client import build_parser, frames_from_args
+from tportknockd.config import load_config, parse_config
+from tportknockd.model import ACK, FIN, PROTO_TCP, PROTO_UDP, PSH, SYN, URG, Frame
+from tportknockd.sequences import Schedule
 
 OUT = Path("/tmp/bench-out.txt")
 SPOOF_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -122,6 +137,40 @@ def test_statistics_come_from_the_last_statistics_line() -> None:
     assert parse_statistics(lines) == {"packets": 120, "fired": 3, "kernel_drops": 0}
     assert parse_statistics(["no statistics here\n"]) == {}
     assert Knockd().statistics(lines) == {}
+
+
+STAND_IN = """
+import signal, sys, time
+count = 0
+def answer(*_):
+    global count
+    count += 1
+    print(f"tportknockd: statistics: kernel_packets={count * 100} kernel_drops=0", flush=True)
+signal.signal(signal.SIGUSR1, answer)
+print("tportknockd: ready: 1 events, 4 frames", flush=True)
+time.sleep(30)
+"""
+
+
+def test_statistics_on_demand_by_sigusr1() -> None:
+    """A stand-in that answers SIGUSR1 as tportknockd does: each call gets a fresh line."""
+    proc = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=collect_lines, args=(proc, lines), daemon=True)
+    reader.start()
+    run = Running(proc, 0.0, lines, reader)
+    try:
+        daemon = Tportknockd()
+        while not daemon.is_ready(run):
+            time.sleep(0.01)
+        assert daemon.statistics_now(run) == {"kernel_packets": 100, "kernel_drops": 0}
+        assert daemon.statistics_now(run) == {"kernel_packets": 200, "kernel_drops": 0}
+        assert Knockd().statistics_now(run) == {}  # knockd cannot tell: no signal sent
+        assert daemon.statistics_now(run)["kernel_packets"] == 300
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 QUAD = r"\d+\.\d+\.\d+\.\d+"
@@ -206,7 +255,98 @@ def test_quick_is_smaller_than_full() -> None:
 def test_scenario_keys_and_labels_are_unique() -> None:
     assert len({s.key for s in SCENARIOS}) == len(SCENARIOS)
     assert len({s.label for s in SCENARIOS}) == len(SCENARIOS)
-    assert [s.key for s in SCENARIOS] == ["a", "b", "c10k", "cfull", "d", "e"]
+    assert [s.key for s in SCENARIOS] == ["a", "b", "c10k", "cfull", "d", "e", "f10k", "ffull"]
+
+
+def test_only_the_one_time_scenarios_are_limited_to_tportknockd() -> None:
+    for scenario in SCENARIOS:
+        one_time = scenario.key.startswith("f")
+        assert scenario.applies_to("tportknockd")
+        assert scenario.applies_to("knockd") is not one_time
+        assert set(scenario.configs) == ({"tportknockd"} if one_time else set())
+
+
+def test_a_scenario_gives_a_daemon_its_own_config_or_the_usual_one(tmp_path: Path) -> None:
+    one_time = next(s for s in SCENARIOS if s.key == "f10k")
+    usual = next(s for s in SCENARIOS if s.key == "a")
+    ctx = cast(Context, SimpleNamespace(workdir=tmp_path, settings=Settings.quick()))
+    own = one_time.config(Tportknockd(), ctx, OUT)
+    assert "otp_secret" in own and "sequence" not in own
+    assert usual.config(Tportknockd(), ctx, OUT) == tportknockd_config(OUT)
+    assert usual.config(Knockd(), ctx, OUT) == knockd_config(OUT)
+    # A variant of tportknockd under another name runs the usual config.
+    variant = Tportknockd("tportknockd-kernel", ("--engine", "kernel"))
+    assert one_time.config(variant, ctx, OUT) == tportknockd_config(OUT)
+    assert not one_time.applies_to(variant.name)
+
+
+def one_time_config(tmp_path: Path, users: int = 4) -> Path:
+    conf = tmp_path / "f.conf"
+    conf.write_text(tportknockd_otp_config(tmp_path, users, OUT))
+    return conf
+
+
+def test_the_one_time_config_is_accepted_by_the_daemon(tmp_path: Path) -> None:
+    config = load_config(str(one_time_config(tmp_path)))
+    assert [e.name for e in config.events] == ["user0", "user1", "user2", "user3"]
+    keys = set()
+    for user, event in enumerate(config.events):
+        assert event.otp is not None
+        assert event.otp.window == OTP_WINDOW and event.timeout == SEQ_TIMEOUT <= OTP_WINDOW
+        assert (event.otp.length, event.otp.low, event.otp.high) == (4, 20000, 59999)
+        assert event.start_command == start_command(OUT)
+        secret = secret_path(tmp_path, user)
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        keys.add(event.otp.key)
+    assert len(keys) == 4  # a secret of its own for each user
+
+
+def test_the_flood_aims_at_the_previous_windows_first_frame(tmp_path: Path) -> None:
+    conf = one_time_config(tmp_path)
+    now = 1_800_000_003.0
+    name, window, frame = flood_target(conf, now)
+    current = otp.window_number(now, OTP_WINDOW)
+    assert window == current - 1
+    event = next(e for e in load_config(str(conf)).events if e.name == name)
+    assert event.otp is not None
+    assert frame == otp.derive(event.otp, name, current - 1)[0]
+    # What an eavesdropper's client would print: --window-offset=-1, within that window.
+    args = build_parser().parse_args(["-c", str(conf), "-e", name, "--window-offset=-1",
+                                      "--print"])
+    assert frames_from_args(args, now)[0] == frame
+    # Accepted until the next change (w-1), out of reach after it: no live frame shares it.
+    before = {f for s in Schedule(load_config(str(conf))).live(now) for f in s.frames}
+    after = {(f.protocol, f.port) for s in Schedule(load_config(str(conf))).live(
+        next_change_after(now, 0)) for f in s.frames}
+    assert frame in before and (frame.protocol, frame.port) not in after
+
+
+def test_the_window_changes_between_two_bursts_of_the_flood() -> None:
+    assert change_into_flood(Settings().flood_s) == 4.5
+    assert change_into_flood(Settings.quick().flood_s) == 1.5
+    for settings in (Settings(), Settings.quick()):
+        # The change is inside the flood, and trafgen's bursts (one per second, from its
+        # start) are half a second away from it.
+        into = change_into_flood(settings.flood_s)
+        assert 0 < into < settings.flood_s and into % 1 == 0.5
+    assert next_change_after(1_800_000_003.0, 4.7) == 1_800_000_010.0
+    assert next_change_after(1_800_000_006.0, 4.7) == 1_800_000_020.0
+
+
+@pytest.mark.parametrize(("frame", "header"), [
+    (Frame(PROTO_TCP, 41207, SYN), "tcp(sp=40000, dp=41207, syn, seq=1, win=1024)"),
+    (Frame(PROTO_TCP, 20000, FIN | PSH | ACK), "tcp(sp=40000, dp=20000, fin, psh, ack, seq=1"),
+    (Frame(PROTO_TCP, 20001, 0), "tcp(sp=40000, dp=20001, seq=1"),
+    (Frame(PROTO_TCP, 20002, None), "tcp(sp=40000, dp=20002, syn, seq=1"),
+    (Frame(PROTO_UDP, 59999, None), "udp(sp=40000, dp=59999),\n  fill(0x6b, 5)"),
+])
+def test_a_flood_of_any_first_frame_carries_exactly_its_flags(frame: Frame, header: str) -> None:
+    config = spoof_config(MAC, False, frame)
+    assert header in config
+    literal, ranges, destinations = trafgen_addresses(config)
+    assert destinations == {SERVER_V4} and literal == {"198.18.0.0"}
+    assert ranges == [(SPOOF_BASE, SPOOF_BASE + SPOOF_SOURCES - 1)]
+    assert config.count("{") == config.count(f"eth(da={MAC})") == 1
 
 
 def test_knock_records_latency_from_last_packet_to_detection() -> None:

@@ -118,3 +118,36 @@ def test_summarize_all_by_scenario_then_daemon() -> None:
                           Outcome("b", "tportknockd")])
     assert {key: list(by) for key, by in sums.items()} == {"a": ["knockd", "tportknockd"],
                                                             "b": ["tportknockd"]}
+
+
+def test_knocks_after_a_window_change_count_as_during_too() -> None:
+    outcome = Outcome("ffull", "tportknockd", knocks=[
+        knock("during", False, None), knock("moved", True, 4.0), knock("moved", True, 5.0),
+        knock("after", True, 3.0)])
+    summary = summarize(outcome)
+    assert summary["detected"] == (3, 4)
+    assert summary["during"] == (2, 3)
+    assert summary["during_moved"] == (2, 2)
+    assert summary["latency_ms"]["max"] == 5.0
+
+
+def test_what_the_kernel_passed_before_and_after_the_window_change() -> None:
+    moved = {"at": 1.8e9, "kernel_packets": 50_008.0, "kernel_drops": 0.0,
+             "knock_packets_after": 48.0}
+    outcome = Outcome("f10k", "tportknockd", statistics={"kernel_packets": 50_056},
+                      snapshots={"window_moved": moved})
+    summary = summarize(outcome)
+    assert summary["kernel_passed"] == 50_056
+    assert summary["kernel_passed_before_move"] == 50_008
+    assert summary["flood_passed_after_move"] == 0  # 48 packets after it, all knocks'
+    leaked = summarize(Outcome("f10k", "tportknockd", statistics={"kernel_packets": 50_100},
+                               snapshots={"window_moved": moved}))
+    assert leaked["flood_passed_after_move"] == 44
+
+
+def test_no_snapshot_no_split() -> None:
+    summary = summarize(Outcome("c10k", "tportknockd", statistics={"kernel_packets": 9}))
+    assert summary["kernel_passed"] == 9
+    assert summary["kernel_passed_before_move"] is None
+    assert summary["flood_passed_after_move"] is None
+    assert summarize(Outcome("a", "knockd"))["kernel_passed"] is None
