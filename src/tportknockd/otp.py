@@ -14,8 +14,6 @@ Pure functions only: no clock is read here; callers pass the time.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import struct
 
@@ -41,6 +39,11 @@ def window_start(number: int, window: int) -> int:
 
 def derive(spec: OtpSpec, event_name: str, number: int) -> tuple[Frame, ...]:
     """The frames of window `number` for the event `event_name`."""
+    # Imported here, not at the top: hashlib loads OpenSSL (~4 MB of resident memory), which
+    # a daemon without one-time events never needs.
+    import hashlib
+    import hmac
+
     message = b"%s\0%s\0%s" % (
         DERIVATION_LABEL,
         event_name.encode("utf-8"),
