@@ -277,6 +277,12 @@ class KernelMatcher:
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def __enter__(self) -> KernelMatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for thing in reversed(self._opened):
             thing.close()
