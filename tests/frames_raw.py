@@ -68,8 +68,11 @@ def ipv6(src: str, dst: str, protocol: int, body: bytes, exts: tuple[Ext, ...] =
     return header + payload
 
 
-def ether(ip_packet: bytes, *, dst_mac: bytes = HOST_MAC, vlan_tags: int = 0) -> bytes:
-    ethertype = 0x86DD if ip_packet[0] >> 4 == 6 else 0x0800
+def ether(ip_packet: bytes, *, dst_mac: bytes = HOST_MAC, vlan_tags: int = 0,
+          ethertype: int | None = None) -> bytes:
+    """An Ethernet frame; the ethertype follows the IP version unless given."""
+    if ethertype is None:
+        ethertype = 0x86DD if ip_packet[0] >> 4 == 6 else 0x0800
     tags = b"".join(struct.pack("!HH", 0x8100, 5 + i) for i in range(vlan_tags))
     return dst_mac + CLIENT_MAC + tags + struct.pack("!H", ethertype) + ip_packet
 

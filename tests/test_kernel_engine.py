@@ -27,13 +27,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import bpfvm
-import frames_raw as fr
 import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bpfvm
+import frames_raw as fr
 from tportknockd import bpfsys
 from tportknockd import filter as cbpf
 from tportknockd import kernel_program as kp
@@ -90,6 +90,7 @@ class PythonPath:
         self.program = cbpf.compile_filter(frames, local)
         self.local = {address_bytes(text.split("%")[0]) for text in local}
         self.now = 0.0
+        self.knocks = 0  # packets that reached the engine and match some frame
 
     def feed(self, frame: bytes, dt: float = 0.0) -> list[tuple[str, str]]:
         self.now += dt
@@ -99,6 +100,7 @@ class PythonPath:
         packet = parse_ethernet(frame[:snap]) if snap else None
         if packet is None or packet.dst not in self.local:
             return []
+        self.knocks += packet[2:] in self.engine._table
         actions = self.engine.feed(packet, self.now)
         return [(a.event, a.address) for a in actions if isinstance(a, RunStart | DoorExtended)]
 
@@ -109,6 +111,7 @@ class KernelPath:
         clear(matcher)
         matcher.set_sequences([KnockSequence(e.name, e.frames, e.timeout) for e in events])
         matcher.set_local_addresses(local)
+        self.knocks_before = matcher.statistics().knocks
 
     def feed(self, frame: bytes, dt: float = 0.0) -> list[tuple[str, str]]:
         if dt:
@@ -179,10 +182,13 @@ def both(matcher: KernelMatcher, events: tuple[Event, ...]) -> tuple[PythonPath,
 
 
 def feed_both(paths: tuple[PythonPath, KernelPath], frame: bytes, dt: float = 0.0) -> list:
+    """Feed both; they must agree on what completed and on whether the frame counted at all
+    (a well-formed packet to us that matches some frame: the kernel's `knocks` counter)."""
     python, kernel = paths
     expected = python.feed(frame, dt)
     got = kernel.feed(frame, dt)
     assert got == expected, frame.hex()
+    assert kernel.matcher.statistics().knocks - kernel.knocks_before == python.knocks, frame.hex()
     return got
 
 
@@ -294,6 +300,7 @@ SHAPES = ["plain"] * 16 + [
     "ip-options", "first-fragment", "later-fragment", "vlan", "two-vlans", "multicast",
     "not-local", "v6-hop-by-hop", "v6-chain", "v6-later-fragment", "v6-esp",
     "v6-eleven-headers", "v6-ten-headers", "v6-long-dest-opts", "truncated", "short-ip-length",
+    "bad-version", "ihl-below-5", "ip-length-below-header",
 ]  # fmt: skip
 
 
@@ -325,19 +332,37 @@ def shaped(shape: str, src: str, protocol: int, port: int, flags: int, cut: int)
         packet = fr.ipv4(
             src, dst, protocol, body,
             options=b"\x01\x01\x01\x00" if shape == "ip-options" else b"",
-            fragment=5 if shape == "later-fragment" else 0,
+            fragment=(5 if cut % 2 else 0x1000) if shape == "later-fragment" else 0,
             more_fragments=shape == "first-fragment",
         )  # fmt: skip
     if shape == "short-ip-length":  # the IP length ends inside the transport header
         length_at = 4 if v6 else 2
         claimed = struct.unpack_from("!H", packet, length_at)[0] - cut
         packet = packet[:length_at] + struct.pack("!H", max(claimed, 0)) + packet[length_at + 2:]
+    packet = corrupted(shape, packet, v6)
     frame = fr.ether(
         packet,
+        ethertype=0x86DD if v6 else 0x0800,
         vlan_tags={"vlan": 1, "two-vlans": 2}.get(shape, 0),
         dst_mac=fr.MULTICAST_MAC if shape == "multicast" else fr.HOST_MAC,
     )
     return frame[:-cut] if shape == "truncated" else frame
+
+
+def corrupted(shape: str, packet: bytes, v6: bool) -> bytes:
+    """The IP header with one field made invalid (a shape that names one)."""
+    first = packet[0]
+    if shape == "bad-version":
+        return bytes([(first & 0x0F) | (0x50 if not v6 else 0x40)]) + packet[1:]
+    if shape == "ihl-below-5" and not v6:
+        return bytes([0x44]) + packet[1:]
+    if shape == "ip-length-below-header" and not v6:
+        return packet[:2] + struct.pack("!H", 19) + packet[4:]
+    return packet
+
+
+#: The matcher fixture is loaded once per module; each example clears its attempts.
+SLOW_WITH_A_FIXTURE = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 
 
 @st.composite
@@ -363,8 +388,7 @@ def streams(draw: st.DrawFn) -> tuple[tuple[Event, ...], list]:
     return events, steps
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(max_examples=500, deadline=None, suppress_health_check=SLOW_WITH_A_FIXTURE)
 @given(stream=streams())
 def test_kernel_agrees_with_the_python_engine(
     matcher: KernelMatcher, stream: tuple[tuple[Event, ...], list]
@@ -378,8 +402,7 @@ def test_kernel_agrees_with_the_python_engine(
     hypothesis.event("completions", min(completed, 3))  # see --hypothesis-show-statistics
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(max_examples=200, deadline=None, suppress_health_check=SLOW_WITH_A_FIXTURE)
 @given(
     steps=st.lists(
         st.tuples(
@@ -605,8 +628,9 @@ def test_attached_to_a_packet_socket() -> None:
         try:
             assert receiver.stdout is not None
             assert receiver.stdout.readline().strip() == "READY"
+            hex_lines = "".join(f.hex() + "\n" for f in frames)
             pair.run(pair.client, [sys.executable, "-c", SENDER, pair.client_if],
-                     input="".join(f.hex() + "\n" for f in frames), check=True, timeout=30)  # fmt: skip
+                     input=hex_lines, check=True, timeout=30)  # fmt: skip
             out, _ = receiver.communicate("go\n", timeout=30)
         finally:
             if receiver.poll() is None:
@@ -659,8 +683,9 @@ def test_the_python_engine_path_does_not_import_ctypes() -> None:
     code = ("import sys, tportknockd.cli, tportknockd.kernel_engine; "
             "print('ctypes' in sys.modules)")  # fmt: skip
     root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root / "src")}, check=True)  # fmt: skip
+                         env=env, check=True)  # fmt: skip
     assert out.stdout.strip() == "False"
 
 
