@@ -44,6 +44,7 @@ BPF_MAP_TYPE_RINGBUF = 27
 
 # Map flags.
 BPF_F_NO_PREALLOC = 1
+BPF_F_NO_COMMON_LRU = 2  # an LRU list per CPU: no lock shared between CPUs
 
 # Update flags.
 BPF_ANY = 0
