@@ -18,6 +18,7 @@ the clock itself with real sleeps.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -43,6 +44,7 @@ from tportknockd.kernel_engine import (
     CapacityError,
     KernelMatcher,
     KnockSequence,
+    explain,
     frame_table,
 )
 from tportknockd.model import (
@@ -501,6 +503,12 @@ def test_what_does_not_fit_changes_nothing(matcher: KernelMatcher) -> None:
     assert [c.sequence for c in matcher.completions()] == ["ok"]
 
 
+def test_a_sequence_given_twice_is_refused(matcher: KernelMatcher) -> None:
+    twice = [KnockSequence("ev", (udp(1), udp(2)), 10)] * 2
+    with pytest.raises(ValueError, match="twice"):
+        matcher.set_sequences(twice)
+
+
 # -- floods ----------------------------------------------------------------------------------
 
 
@@ -687,6 +695,14 @@ def test_the_python_engine_path_does_not_import_ctypes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True)  # fmt: skip
     assert out.stdout.strip() == "False"
+
+
+def test_reasons_for_falling_back() -> None:
+    assert "CAP_BPF" in explain(PermissionError(errno.EPERM, "Operation not permitted"))
+    assert "5.8" in explain(bpfsys.BpfError(errno.EINVAL, "Invalid argument"))
+    refused = bpfsys.VerifierError(errno.EACCES, "0: R1=ctx() R10=fp0\nthe whole log")
+    assert explain(refused).endswith("0: R1=ctx() R10=fp0\nthe whole log")
+    assert explain(CapacityError("17 sequences share a frame")) == "17 sequences share a frame"
 
 
 def test_socket_filter_attach_needs_a_loaded_program() -> None:

@@ -210,7 +210,11 @@ class KernelMatcher:
     def set_sequences(self, sequences: Sequence[KnockSequence]) -> None:
         """Match exactly these sequences from now on (in this order, as Engine does events).
 
-        Raises CapacityError, changing nothing, when they do not fit the program's maps."""
+        Raises CapacityError, changing nothing, when they do not fit the program's maps, and
+        ValueError when a sequence is given twice (it would be matched twice per packet)."""
+        identities = [(s.id, s.frames, s.timeout) for s in sequences]
+        if len(set(identities)) != len(identities):
+            raise ValueError("a sequence is given twice")
         numbered = [(self._number_of(sequence), sequence) for sequence in sequences]
         table = frame_table(numbered, self.capacity)
         for key, value in table.items():
