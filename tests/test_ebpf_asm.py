@@ -119,6 +119,18 @@ def test_map_operations(root: None) -> None:
         assert m.delete(b"abcd") and not m.delete(b"abcd")
         with pytest.raises(ValueError):
             m.update(b"abc", b"12345678")
+        assert m.count() == 1
+    finally:
+        m.close()
+
+
+def test_counting_entries_in_batches(root: None) -> None:
+    m = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 16, 20000)
+    try:
+        assert m.count() == 0
+        for index in range(9000):  # a little over two batches
+            m.update(struct.pack("=I", index), bytes(16))
+        assert m.count() == 9000 == sum(1 for _ in m.walk_keys())
     finally:
         m.close()
 

@@ -538,6 +538,8 @@ def test_a_first_frame_flood_cannot_evict_an_advanced_attempt() -> None:
         assert fresh <= 256 and advanced == 0
         stats = m.statistics()
         assert stats.started == 4002 and stats.promoted == 1 and stats.completed == 1
+        assert stats.advanced_deleted == 1 and stats.fresh_deleted == 0
+        assert m.evictions() == (4001 - fresh, 0)
 
 
 # -- the ring buffer -------------------------------------------------------------------------

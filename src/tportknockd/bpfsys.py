@@ -34,6 +34,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
+BPF_MAP_LOOKUP_BATCH = 24
 
 # Map types (enum bpf_map_type).
 BPF_MAP_TYPE_HASH = 1
@@ -66,6 +67,9 @@ _SYSCALL_NUMBERS = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "i686": 357, 
 _MAP_CREATE = struct.Struct("=IIIII")  # map_type, key_size, value_size, max_entries, map_flags
 _MAP_NAME_OFFSET = 28  # char map_name[16], after inner_map_fd and numa_node
 _MAP_ELEM = struct.Struct("=I4xQQQ")  # map_fd, key, value (or next_key), flags
+# in_batch, out_batch, keys, values, count, map_fd, elem_flags, flags
+_MAP_BATCH = struct.Struct("=QQQQIIQQ")
+_BATCH_SIZE = 4096
 # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
 _PROG_LOAD = struct.Struct("=IIQQIIQ")
 _PROG_NAME_OFFSET = 48  # char prog_name[16], after kern_version and prog_flags
@@ -245,10 +249,41 @@ class Map:
             key = bytes(following.raw)
             yield key
 
+    def count(self) -> int:
+        """How many entries the map holds, read in batches (BPF_MAP_LOOKUP_BATCH, Linux 5.6+;
+        one call per key before that). For hash maps."""
+        buffers = _Buffers()
+        keys = buffers.of(self.key_size * _BATCH_SIZE)
+        values = buffers.of(self.value_size * _BATCH_SIZE)
+        token_in, token_out = buffers.of(8), buffers.of(8)  # a bucket index for hash maps
+        total, first = 0, True
+        while True:
+            attr = _attr(
+                buffers, _MAP_BATCH,
+                0 if first else buffers.address(token_in), buffers.address(token_out),
+                buffers.address(keys), buffers.address(values), _BATCH_SIZE, self.fd, 0, 0,
+            )  # fmt: skip
+            try:
+                bpf(BPF_MAP_LOOKUP_BATCH, attr, buffers)
+            except BpfError as error:
+                if error.errno == errno.EINVAL and first:
+                    return sum(1 for _ in self.walk_keys())
+                if error.errno != errno.ENOENT:
+                    raise
+                return total + _batch_count(attr)
+            total += _batch_count(attr)
+            token_in.raw = token_out.raw
+            first = False
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _batch_count(attr: Any) -> int:
+    """The `count` a batch call wrote back: how many entries it returned."""
+    return int(_MAP_BATCH.unpack_from(attr.raw)[4])
 
 
 def possible_cpus() -> int:

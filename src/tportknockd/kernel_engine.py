@@ -81,6 +81,8 @@ class KernelStats:
     expired: int
     completed: int
     ring_full: int  # completions lost: the ring was full
+    fresh_deleted: int
+    advanced_deleted: int
 
 
 def frame_table(
@@ -283,8 +285,18 @@ class KernelMatcher:
 
     def attempts_held(self) -> tuple[int, int]:
         """(fresh, advanced) attempts in the maps, expired ones included (they leave when
-        looked up again or evicted). One system call per entry: for statistics only."""
-        return sum(1 for _ in self.fresh.walk_keys()), sum(1 for _ in self.advanced.walk_keys())
+        looked up again or evicted)."""
+        return self.fresh.count(), self.advanced.count()
+
+    def evictions(self) -> tuple[int, int]:
+        """(fresh, advanced) attempts the LRU maps evicted to make room: what went in, less
+        what the rules took out, less what is held. (The kernel does not count evictions;
+        this holds as long as nothing else deletes attempts.)"""
+        stats = self.statistics()
+        fresh_held, advanced_held = self.attempts_held()
+        fresh = stats.started - stats.promoted - stats.fresh_deleted - fresh_held
+        advanced = stats.promoted - stats.advanced_deleted - advanced_held
+        return fresh, advanced
 
     # -- life cycle ------------------------------------------------------------------------
 

@@ -105,6 +105,8 @@ class Counter(IntEnum):
     EXPIRED = 7
     COMPLETED = 8
     RING_FULL = 9  # completions lost because user space did not read the ring in time
+    FRESH_DELETED = 10  # fresh attempts that ended by the rules (broken, expired, completed)
+    ADVANCED_DELETED = 11  # the same for advanced attempts
 
 
 COUNTERS_VALUE = struct.Struct(f"={len(Counter)}Q")
@@ -509,9 +511,11 @@ class _Generator:
         fresh, done = asm.label(), asm.label()
         asm.jmp(matched, "==", 1, fresh)
         self._delete(self.maps.advanced)
+        self._increment(Counter.ADVANCED_DELETED)
         asm.goto(done)
         asm.place(fresh)
         self._delete(self.maps.fresh)
+        self._increment(Counter.FRESH_DELETED)
         asm.place(done)
 
     def _delete(self, map_fd: int) -> None:
