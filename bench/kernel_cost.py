@@ -125,7 +125,7 @@ def main() -> int:
     print(f"kernel engine, {matcher.instructions} instructions; repeat {args.repeat:,}, "
           f"{args.sources:,} spoofed sources, best of {args.rounds}")  # fmt: skip
     for name, nanoseconds in rows:
-        print(f"  {name:<38} {nanoseconds / 1000:6.3f} µs")
+        print(f"  {name:<42} {nanoseconds / 1000:6.3f} µs")
     print(f"  attempts held: {fresh:,} fresh (of {capacity.fresh_attempts:,}), "
           f"{advanced:,} advanced; started {stats.started:,}")  # fmt: skip
     print(f"  attempt maps and ring: ~{capacity.map_bytes() / (1 << 20):.1f} MiB of kernel memory")

@@ -487,6 +487,25 @@ def test_changes_are_map_updates(matcher: KernelMatcher) -> None:
     assert matcher.program.fd == program_fd
 
 
+def test_a_completion_read_after_its_sequence_was_dropped_still_counts(
+    matcher: KernelMatcher,
+) -> None:
+    clear(matcher)
+    matcher.set_local_addresses(LOCAL)
+    old = [KnockSequence(("otp", 1), (udp(5), udp(6)), 10)]
+    matcher.set_sequences(old)
+    matcher.program.test_run(frame_for(udp(5)))
+    matcher.program.test_run(frame_for(udp(6)))  # completes just before the window moves on
+    matcher.set_sequences([KnockSequence(("otp", 2), (udp(7), udp(8)), 10)])
+    assert matcher.completions() == [(("otp", 1), address_bytes(A))]
+    matcher.set_sequences(old)
+    matcher.program.test_run(frame_for(udp(5)))
+    matcher.program.test_run(frame_for(udp(6)))
+    matcher.set_sequences([])
+    matcher.set_sequences([])  # two changes later, a sequence is forgotten
+    assert matcher.completions() == []
+
+
 def test_what_does_not_fit_changes_nothing(matcher: KernelMatcher) -> None:
     clear(matcher)
     matcher.set_local_addresses(LOCAL)
