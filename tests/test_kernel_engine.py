@@ -44,6 +44,7 @@ from tportknockd.kernel_engine import (
     CapacityError,
     KernelMatcher,
     KnockSequence,
+    capacity_for,
     explain,
     frame_table,
 )
@@ -697,6 +698,19 @@ def test_frame_table_matches_the_engines_masks() -> None:
         for timeout_ns, _, number, length in decoded:
             assert timeout_ns == 10_125_000_000
             assert length == len(events[number - 1].frames)
+
+
+def test_capacity_grows_to_fit() -> None:
+    crowd = [KnockSequence(i, (udp(1), udp(i + 2)), 10) for i in range(20)]
+    grown = capacity_for(crowd)
+    assert grown.max_hits == 32 and grown.frame_keys == Capacity().frame_keys
+    wide = [KnockSequence("wide", tuple(tcp(p, None) for p in range(60)), 10)]
+    assert capacity_for(wide).frame_keys == 2 * 60 * 256
+    assert capacity_for([]) == Capacity()
+    numbered = list(enumerate(crowd, 1))
+    with pytest.raises(CapacityError):
+        frame_table(numbered, Capacity())
+    assert len(frame_table(numbered, grown)) == 21
 
 
 def test_keys_keep_families_apart() -> None:

@@ -16,6 +16,7 @@ errors of a failed start into a sentence for the log.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import struct
 from collections.abc import Hashable, Iterable, Sequence
@@ -91,6 +92,37 @@ def frame_table(
     """The frame table for sequences with their numbers: key -> value bytes, as the program
     reads them. Like engine._frame_masks, a frame with any flags (`i`) is expanded into all
     256 flag values, so that a packet needs one lookup."""
+    hits = _hits_by_key(numbered)
+    if len(hits) > capacity.frame_keys:
+        raise CapacityError(
+            f"the sequences need {len(hits)} frame table entries; the map holds "
+            f"{capacity.frame_keys}"
+        )
+    table = {}
+    for key, entry in hits.items():
+        if len(entry) > capacity.max_hits:
+            raise CapacityError(
+                f"{len(entry)} sequences share a frame; the program handles {capacity.max_hits}"
+            )
+        table[kp.FRAME_KEY.pack(key)] = kp.frame_value(entry, capacity.max_hits)
+    return table
+
+
+def capacity_for(sequences: Sequence[KnockSequence], base: Capacity | None = None) -> Capacity:
+    """`base` (default: Capacity()), grown where these sequences need more, with room to
+    spare (twice as many frame entries; hits rounded up to a power of two)."""
+    base = base or Capacity()
+    hits = _hits_by_key(list(enumerate(sequences)))
+    most = max((len(entry) for entry in hits.values()), default=0)
+    max_hits = max(base.max_hits, 1 << (most - 1).bit_length() if most else 1)
+    frame_keys = max(base.frame_keys, 2 * len(hits))
+    return dataclasses.replace(base, max_hits=max_hits, frame_keys=frame_keys)
+
+
+def _hits_by_key(
+    numbered: Sequence[tuple[int, KnockSequence]],
+) -> dict[int, list[tuple[int, int, int, int]]]:
+    """Frame key -> (timeout ns, frame mask, number, length) of each sequence that has it."""
     hits: dict[int, list[tuple[int, int, int, int]]] = {}
     for number, sequence in numbered:
         if len(sequence.frames) > kp.MAX_FRAMES:
@@ -105,19 +137,7 @@ def frame_table(
                 masks[key] = masks.get(key, 0) | 1 << index
         for key, mask in masks.items():
             hits.setdefault(key, []).append((timeout_ns, mask, number, len(sequence.frames)))
-    if len(hits) > capacity.frame_keys:
-        raise CapacityError(
-            f"the sequences need {len(hits)} frame table entries; the map holds "
-            f"{capacity.frame_keys}"
-        )
-    table = {}
-    for key, entry in hits.items():
-        if len(entry) > capacity.max_hits:
-            raise CapacityError(
-                f"{len(entry)} sequences share a frame; the program handles {capacity.max_hits}"
-            )
-        table[kp.FRAME_KEY.pack(key)] = kp.frame_value(entry, capacity.max_hits)
-    return table
+    return hits
 
 
 def _frame_keys(frame: Frame) -> Iterable[int]:

@@ -187,6 +187,18 @@ _NOW = R8  # while parsing: protocol / key; then: the time (ns)
 _END = R9  # while parsing: end of the bytes the parser may read
 
 
+class _Hit:
+    """Where hit `index`'s fields are in the frame table entry, and its labels."""
+
+    def __init__(self, base: int, asm: Assembler, suffix: str) -> None:
+        self.base = base
+        self.found = asm.label(f"found{suffix}")
+        self.advance = asm.label(f"advance{suffix}")
+        self.absent = asm.label(f"absent{suffix}")
+        self.fire = asm.label(f"fire{suffix}")
+        self.next = asm.label(f"next{suffix}")
+
+
 def generate(maps: MapFds, max_hits: int) -> bytes:
     """The socket filter program for these maps; up to `max_hits` sequences per frame."""
     return _Generator(maps, max_hits).program()
@@ -420,90 +432,96 @@ class _Generator:
     # -- the rules, for hit `index` of the frame table entry ---------------------------------
 
     def _hit(self, index: int) -> None:
-        asm, drop = self.asm, self.drop
-        base = FRAME_VALUE_HEAD.size + HIT.size * index
-        labels = {name: asm.label(f"{name}{index}") for name in (
-            "found", "advance", "promote", "complete", "fire", "absent", "next",
-        )}  # fmt: skip
+        """Apply the rules to the attempt of (source, sequence of hit `index`)."""
+        asm = self.asm
+        hit = _Hit(FRAME_VALUE_HEAD.size + HIT.size * index, asm, str(index))
         asm.load("w", R1, _VAL, 0)  # hits in this entry
-        asm.jmp(R1, "<=", index, drop)
-        asm.load("w", R1, _VAL, base + _HIT_NUMBER)
+        asm.jmp(R1, "<=", index, self.drop)
+        asm.load("w", R1, _VAL, hit.base + _HIT_NUMBER)
         asm.store("w", FP, _KEY_NUMBER, R1)
         self._lookup(self.maps.advanced, _KEY)
-        asm.jmp(R0, "!=", 0, labels["found"])
+        asm.jmp(R0, "!=", 0, hit.found)
         self._lookup(self.maps.fresh, _KEY)
-        asm.jmp(R0, "==", 0, labels["absent"])
+        asm.jmp(R0, "==", 0, hit.absent)
+        asm.place(hit.found)
+        self._attempt_found(hit)
+        asm.place(hit.advance)
+        self._advance(hit)
+        asm.place(hit.absent)
+        self._no_attempt(hit)
+        asm.place(hit.fire)
+        self._fire()
+        asm.place(hit.next)
 
-        asm.place(labels["found"])  # R0: the attempt
+    def _attempt_found(self, hit: _Hit) -> None:
+        """R0: the attempt. Expired: gone. Next frame: on to `advance` with R0 and R4 (frames
+        matched). The frame just matched: ignored. Any other frame: broken."""
+        asm = self.asm
+        expired, retransmission = asm.label(), asm.label()
         asm.load("dw", R1, R0, 0)  # started
         asm.mov(R2, _NOW)
         asm.alu(R2, "-", R1)
-        asm.load("dw", R3, _VAL, base + _HIT_TIMEOUT)
+        asm.load("dw", R3, _VAL, hit.base + _HIT_TIMEOUT)
         asm.load("w", R4, R0, 8)  # frames matched
-        expired = asm.label()
         asm.jmp(R2, "s>", R3, expired)
-        asm.load("dw", R5, _VAL, base + _HIT_MASK)
+        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
         asm.mov(R1, R5)
         asm.alu(R1, ">>", R4)
         asm.alu(R1, "&", 1)
-        asm.jmp(R1, "!=", 0, labels["advance"])
+        asm.jmp(R1, "!=", 0, hit.advance)
         asm.mov(R1, R4)
         asm.alu(R1, "-", 1)
         asm.alu(R5, ">>", R1)
         asm.alu(R5, "&", 1)
-        retransmission = asm.label()
         asm.jmp(R5, "!=", 0, retransmission)
         self._increment(Counter.BROKEN)
         self._delete_attempt(matched=R4)
-        asm.goto(labels["absent"])
-
+        asm.goto(hit.absent)  # the breaking frame may be frame 0
         asm.place(retransmission)
         self._increment(Counter.RETRANSMISSIONS)
-        asm.goto(labels["next"])
-
+        asm.goto(hit.next)
         asm.place(expired)
         self._increment(Counter.EXPIRED)
         self._delete_attempt(matched=R4)
-        asm.goto(labels["absent"])
+        asm.goto(hit.absent)
 
-        asm.place(labels["advance"])  # R0: the attempt, R4: frames matched before
+    def _advance(self, hit: _Hit) -> None:
+        """R0: the attempt, R4: frames matched before this one."""
+        asm = self.asm
+        promote, complete = asm.label(), asm.label()
         asm.alu(R4, "+", 1)
-        asm.load("w", R1, _VAL, base + _HIT_LENGTH)
-        asm.jmp(R4, "==", R1, labels["complete"])
-        asm.jmp(R4, "==", 2, labels["promote"])
+        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.jmp(R4, "==", R1, complete)
+        asm.jmp(R4, "==", 2, promote)
         asm.store("w", R0, 8, R4)
         self._increment(Counter.ADVANCED)
-        asm.goto(labels["next"])
-
-        asm.place(labels["promote"])  # fresh -> advanced: out of a first-frame flood's reach
+        asm.goto(hit.next)
+        asm.place(promote)  # fresh -> advanced: out of a first-frame flood's reach
         asm.load("dw", R1, R0, 0)
         asm.store("dw", FP, _VALUE, R1)
         asm.store("w", FP, _VALUE + 8, 2)
         self._delete(self.maps.fresh)
         self._update(self.maps.advanced)
         self._increment(Counter.PROMOTED)
-        asm.goto(labels["next"])
-
-        asm.place(labels["complete"])  # R4: frames matched, now all of them
+        asm.goto(hit.next)
+        asm.place(complete)
         asm.alu(R4, "-", 1)
         self._delete_attempt(matched=R4)
-        asm.goto(labels["fire"])
+        asm.goto(hit.fire)
 
-        asm.place(labels["absent"])  # no attempt (left): frame 0 starts one
-        asm.load("dw", R5, _VAL, base + _HIT_MASK)
+    def _no_attempt(self, hit: _Hit) -> None:
+        """No attempt (any more): frame 0 starts one, or completes a one-frame sequence."""
+        asm = self.asm
+        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
         asm.alu(R5, "&", 1)
-        asm.jmp(R5, "==", 0, labels["next"])
-        asm.load("w", R1, _VAL, base + _HIT_LENGTH)
-        asm.jmp(R1, "==", 1, labels["fire"])
+        asm.jmp(R5, "==", 0, hit.next)
+        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.jmp(R1, "==", 1, hit.fire)
         asm.store("dw", FP, _VALUE, _NOW)
         asm.store("w", FP, _VALUE + 8, 1)
         self._update(self.maps.fresh)
         self._increment(Counter.STARTED)
-        asm.goto(labels["next"])
-
-        asm.place(labels["fire"])
-        self._fire()
-        asm.place(labels["next"])
+        asm.goto(hit.next)
 
     def _delete_attempt(self, matched: Reg) -> None:
         """Delete the attempt from the map that holds attempts with `matched` frames."""
