@@ -734,7 +734,7 @@ def test_the_python_engine_path_does_not_import_ctypes() -> None:
 
 def test_reasons_for_falling_back() -> None:
     assert "CAP_BPF" in explain(PermissionError(errno.EPERM, "Operation not permitted"))
-    assert "5.8" in explain(bpfsys.BpfError(errno.EINVAL, "Invalid argument"))
+    assert "5.11" in explain(bpfsys.BpfError(errno.EINVAL, "Invalid argument"))
     refused = bpfsys.VerifierError(errno.EACCES, "0: R1=ctx() R10=fp0\nthe whole log")
     assert explain(refused).endswith("0: R1=ctx() R10=fp0\nthe whole log")
     assert explain(CapacityError("17 sequences share a frame")) == "17 sequences share a frame"

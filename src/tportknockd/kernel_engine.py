@@ -10,8 +10,8 @@ again with the same id, frames and timeout keeps its number, so attempts in prog
 reload exactly when engine.Engine.reload keeps them. Numbers are never reused: attempts of a
 retired sequence can match nothing and age out of the LRU maps.
 
-Requires CAP_BPF (or root) and a kernel with BPF ring buffers (5.8+); `explain` turns the
-errors of a failed start into a sentence for the log.
+Requires CAP_BPF (or root) and Linux 5.11+ (BPF ring buffers, the coarse clock); `explain`
+turns the errors of a failed start into a sentence for the log.
 """
 
 from __future__ import annotations
@@ -347,6 +347,6 @@ def explain(error: BaseException) -> str:
         if error.errno == errno.ENOSYS:
             return f"no bpf() system call: {error.strerror}"
         if error.errno == errno.EINVAL:
-            return "the kernel lacks a feature the program needs (BPF ring buffers: Linux 5.8+)"
+            return "the kernel lacks a feature the program needs (Linux 5.11+)"
         return f"bpf() failed: {error.strerror}"
     return str(error)

@@ -23,6 +23,11 @@ Per packet:
    restarts.
 5. A completion is written to the ring buffer as (family, sequence number, source address).
 
+Time is the kernel's coarse monotonic clock (bpf_ktime_get_coarse_ns, Linux 5.11+: CLOCK_MONOTONIC
+as of the last tick, 1-4 ms old): the precise one cost 40 ns a packet here, the coarse one 7.
+Timeouts are seconds; the Python engine's own clock is read when a ring block is handed over,
+itself a millisecond or more after the packet.
+
 Attempts live in two LRU hash maps: *fresh* ones (one frame matched) and *advanced* ones (two
 or more). A flood of spoofed first frames only ever inserts fresh attempts, so it can only
 evict fresh attempts; an attempt that got its second frame in is out of its reach.
@@ -33,8 +38,12 @@ counted in a per-CPU array.
 Packet bytes are read relative to SKF_LL_OFF (the link-layer header). A socket filter on an
 AF_PACKET socket sees data from the Ethernet header, BPF_PROG_TEST_RUN from the network
 header; SKF_LL_OFF reads the same bytes in both, so the tests run the very program the daemon
-attaches. (Such loads reach only the linear part of a packet: the headers of a knock are
-there in practice.)
+attaches. (On the kernels these loads were written for, they reach only the linear part of
+a packet, where drivers and GRO leave the headers of a small packet such as a knock.)
+
+Several CPUs may run the program for one source at once; attempts are updated without locks
+(as the LRU maps allow), so two frames of one knock arriving within the same microsecond on two
+CPUs may be counted as one. A knock is sent one frame at a time, so this does not arise.
 """
 
 from __future__ import annotations
