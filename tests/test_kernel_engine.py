@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -486,6 +487,17 @@ def test_changes_are_map_updates(matcher: KernelMatcher) -> None:
         run(frame_for(udp(port), A6))
     assert matcher.completions() == [("ssh", address_bytes(A6))]
     assert matcher.program.fd == program_fd
+
+
+def test_the_ring_polls_readable_while_completions_wait(matcher: KernelMatcher) -> None:
+    clear(matcher)
+    matcher.set_local_addresses(LOCAL)
+    matcher.set_sequences([KnockSequence("one", (udp(9),), 10)])
+    assert select.select([matcher], [], [], 0)[0] == []
+    matcher.program.test_run(frame_for(udp(9)))
+    assert select.select([matcher], [], [], 0)[0] == [matcher]
+    assert len(matcher.completions()) == 1
+    assert select.select([matcher], [], [], 0)[0] == []
 
 
 def test_a_completion_read_after_its_sequence_was_dropped_still_counts(
