@@ -1,0 +1,352 @@
+"""The kernel engine: the matcher of kernel_program.py loaded, and its maps kept up to date.
+
+User space tells it which sequences to match (`set_sequences`) and which addresses are ours
+(`set_local_addresses`); both are map updates, so the program is loaded once. Completed
+sequences come back through a ring buffer (`fileno()` polls readable; `completions()` reads
+them). Firing, doors, stop commands and the state file stay with the caller.
+
+Each sequence gets a number, the key of its attempts in the kernel. A sequence handed over
+again with the same id, frames and timeout keeps its number, so attempts in progress survive a
+reload exactly when engine.Engine.reload keeps them. Numbers are never reused: attempts of a
+retired sequence can match nothing and age out of the LRU maps.
+
+Requires CAP_BPF (or root) and Linux 5.11+ (BPF ring buffers, the coarse clock); `explain`
+turns the errors of a failed start into a sentence for the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import struct
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from tportknockd import bpfsys
+from tportknockd import kernel_program as kp
+from tportknockd.model import PROTO_TCP, Frame
+
+#: The fresh attempts, which a flood churns, get an LRU list per CPU: an insert takes no lock
+#: that another CPU wants (measured: ~0.1 µs less per spoofed first frame). Each CPU then
+#: evicts among the attempts it inserted, up to its share of the map.
+FRESH_LRU_FLAGS = bpfsys.BPF_F_NO_COMMON_LRU
+
+
+class CapacityError(ValueError):
+    """The sequences do not fit the loaded program or its maps."""
+
+
+@dataclass(frozen=True)
+class KnockSequence:
+    """A sequence to match: completions report `id` (an event name, or an event and window)."""
+
+    id: Hashable
+    frames: tuple[Frame, ...]
+    timeout: float
+
+
+class Completion(NamedTuple):
+    sequence: Hashable  # the KnockSequence.id
+    source: bytes  # packed address, 4 or 16 bytes
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Sizes fixed when the program is loaded."""
+
+    max_hits: int = 16  # sequences that may share one (protocol, port, flag byte)
+    frame_keys: int = 16384  # (protocol, port, flag byte) entries; an `i` frame takes 256
+    fresh_attempts: int = 65536  # attempts with one frame matched (what a flood fills)
+    advanced_attempts: int = 8192  # attempts with two or more frames matched
+    local_addresses: int = 1024
+    ring_bytes: int = 1 << 18  # completions waiting for user space, 24 bytes each + 8
+
+    def map_bytes(self) -> int:
+        """A rough figure for the kernel memory the maps take (LRU maps are preallocated;
+        the frame and address tables are allocated as entries are added)."""
+        per_attempt = kp.ATTEMPT_KEY.size + kp.ATTEMPT_VALUE.size + 64  # + hash/LRU node
+        attempts = (self.fresh_attempts + self.advanced_attempts) * per_attempt
+        return attempts + self.ring_bytes
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    packets: int  # packets the program saw
+    knocks: int  # of which matched a frame and were addressed to us
+    started: int
+    promoted: int
+    advanced: int
+    retransmissions: int
+    broken: int
+    expired: int
+    completed: int
+    ring_full: int  # completions lost: the ring was full
+    fresh_deleted: int
+    advanced_deleted: int
+
+
+def frame_table(
+    numbered: Sequence[tuple[int, KnockSequence]], capacity: Capacity
+) -> dict[bytes, bytes]:
+    """The frame table for sequences with their numbers: key -> value bytes, as the program
+    reads them. Like engine._frame_masks, a frame with any flags (`i`) is expanded into all
+    256 flag values, so that a packet needs one lookup."""
+    hits = _hits_by_key(numbered)
+    if len(hits) > capacity.frame_keys:
+        raise CapacityError(
+            f"the sequences need {len(hits)} frame table entries; the map holds "
+            f"{capacity.frame_keys}"
+        )
+    table = {}
+    for key, entry in hits.items():
+        if len(entry) > capacity.max_hits:
+            raise CapacityError(
+                f"{len(entry)} sequences share a frame; the program handles {capacity.max_hits}"
+            )
+        table[kp.FRAME_KEY.pack(key)] = kp.frame_value(entry, capacity.max_hits)
+    return table
+
+
+def capacity_for(sequences: Sequence[KnockSequence], base: Capacity | None = None) -> Capacity:
+    """`base` (default: Capacity()), grown where these sequences need more, with room to
+    spare (twice as many frame entries; hits rounded up to a power of two)."""
+    base = base or Capacity()
+    hits = _hits_by_key(list(enumerate(sequences)))
+    most = max((len(entry) for entry in hits.values()), default=0)
+    max_hits = max(base.max_hits, 1 << (most - 1).bit_length() if most else 1)
+    frame_keys = max(base.frame_keys, 2 * len(hits))
+    return dataclasses.replace(base, max_hits=max_hits, frame_keys=frame_keys)
+
+
+def _hits_by_key(
+    numbered: Sequence[tuple[int, KnockSequence]],
+) -> dict[int, list[tuple[int, int, int, int]]]:
+    """Frame key -> (timeout ns, frame mask, number, length) of each sequence that has it."""
+    hits: dict[int, list[tuple[int, int, int, int]]] = {}
+    for number, sequence in numbered:
+        if len(sequence.frames) > kp.MAX_FRAMES:
+            raise CapacityError(
+                f"{sequence.id}: {len(sequence.frames)} frames; the kernel engine matches "
+                f"sequences of up to {kp.MAX_FRAMES}"
+            )
+        timeout_ns = round(sequence.timeout * 1e9)
+        masks: dict[int, int] = {}
+        for index, frame in enumerate(sequence.frames):
+            for key in _frame_keys(frame):
+                masks[key] = masks.get(key, 0) | 1 << index
+        for key, mask in masks.items():
+            hits.setdefault(key, []).append((timeout_ns, mask, number, len(sequence.frames)))
+    return hits
+
+
+def _frame_keys(frame: Frame) -> Iterable[int]:
+    if frame.protocol != PROTO_TCP:
+        flag_values: Iterable[int] = (0,)
+    elif frame.flags is None:
+        flag_values = range(256)
+    else:
+        flag_values = (frame.flags,)
+    return (frame.protocol << 24 | flags << 16 | frame.port for flags in flag_values)
+
+
+class KernelMatcher:
+    """The loaded program and its maps. Close it to free them (a socket the program is
+    attached to keeps the program and its maps alive until the socket closes)."""
+
+    def __init__(self, capacity: Capacity | None = None) -> None:
+        self.capacity = capacity or Capacity()
+        self._opened: list[bpfsys.Map | bpfsys.RingBuffer | bpfsys.Program] = []
+        try:
+            self._create_maps()
+            fds = kp.MapFds(
+                frames=self.frames.fd,
+                local=self.local.fd,
+                fresh=self.fresh.fd,
+                advanced=self.advanced.fd,
+                ring=self.ring.fileno(),
+                counters=self.counters.fd,
+            )
+            code = kp.generate(fds, self.capacity.max_hits)
+            program = bpfsys.Program.load(
+                bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, code, name="tportknockd"
+            )
+            self._opened.append(program)
+            self.program = program
+        except BaseException:
+            self.close()
+            raise
+        self.instructions = len(code) // 8
+        self._numbers: dict[tuple[Hashable, tuple[Frame, ...], float], int] = {}
+        self._ids: dict[int, Hashable] = {}
+        self._retired: dict[int, Hashable] = {}  # dropped by the last set_sequences
+        self._next_number = 1
+        self._table: dict[bytes, bytes] = {}
+        self._local: set[bytes] = set()
+        self._cpus = bpfsys.possible_cpus()
+
+    def _create_maps(self) -> None:
+        cap, create = self.capacity, bpfsys.Map.create
+        attempt = (kp.ATTEMPT_KEY.size, kp.ATTEMPT_VALUE.size)
+        self.frames = self._map(
+            create(
+                bpfsys.BPF_MAP_TYPE_HASH,
+                kp.FRAME_KEY.size,
+                kp.frame_value_size(cap.max_hits),
+                cap.frame_keys,
+                bpfsys.BPF_F_NO_PREALLOC,
+                "knock_frames",
+            )
+        )
+        self.local = self._map(
+            create(
+                bpfsys.BPF_MAP_TYPE_HASH,
+                kp.LOCAL_KEY.size,
+                kp.LOCAL_VALUE.size,
+                cap.local_addresses,
+                bpfsys.BPF_F_NO_PREALLOC,
+                "knock_local",
+            )
+        )
+        lru = bpfsys.BPF_MAP_TYPE_LRU_HASH
+        self.fresh = self._map(
+            create(lru, *attempt, cap.fresh_attempts, FRESH_LRU_FLAGS, "knock_fresh")
+        )
+        self.advanced = self._map(
+            create(lru, *attempt, cap.advanced_attempts, name="knock_advanced")
+        )
+        per_cpu = bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY
+        self.counters = self._map(
+            create(per_cpu, 4, kp.COUNTERS_VALUE.size, 1, name="knock_stats")
+        )
+        ring = bpfsys.RingBuffer.create(cap.ring_bytes, "knock_done")
+        self._opened.append(ring)
+        self.ring = ring
+
+    def _map(self, created: bpfsys.Map) -> bpfsys.Map:
+        self._opened.append(created)
+        return created
+
+    # -- what to match ---------------------------------------------------------------------
+
+    def set_sequences(self, sequences: Sequence[KnockSequence]) -> None:
+        """Match exactly these sequences from now on (in this order, as Engine does events).
+
+        Raises CapacityError, changing nothing, when they do not fit the program's maps, and
+        ValueError when a sequence is given twice (it would be matched twice per packet)."""
+        identities = [(s.id, s.frames, s.timeout) for s in sequences]
+        if len(set(identities)) != len(identities):
+            raise ValueError("a sequence is given twice")
+        numbered = [(self._number_of(sequence), sequence) for sequence in sequences]
+        table = frame_table(numbered, self.capacity)
+        for key, value in table.items():
+            if self._table.get(key) != value:
+                self.frames.update(key, value)
+        for key in self._table.keys() - table.keys():
+            self.frames.delete(key)
+        self._table = table
+        live = {number for number, _ in numbered}
+        self._retired = {n: i for n, i in self._ids.items() if n not in live}
+        self._ids = {number: self._ids[number] for number in live}
+        self._numbers = {k: n for k, n in self._numbers.items() if n in live}
+
+    def _number_of(self, sequence: KnockSequence) -> int:
+        identity = (sequence.id, sequence.frames, sequence.timeout)
+        number = self._numbers.get(identity)
+        if number is None:
+            number = self._next_number
+            self._next_number += 1
+            self._numbers[identity] = number
+        self._ids[number] = sequence.id
+        return number
+
+    def set_local_addresses(self, addresses: Iterable[str]) -> None:
+        """Only packets to these addresses count (as the classic filter of filter.py)."""
+        wanted = {kp.local_key(text) for text in addresses}
+        if len(wanted) > self.capacity.local_addresses:
+            raise CapacityError(
+                f"{len(wanted)} local addresses; the map holds {self.capacity.local_addresses}"
+            )
+        for key in wanted - self._local:
+            self.local.update(key, kp.LOCAL_VALUE.pack(1))
+        for key in self._local - wanted:
+            self.local.delete(key)
+        self._local = wanted
+
+    # -- what comes back -------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """Readable (poll) when completions are waiting."""
+        return self.ring.fileno()
+
+    def completions(self) -> list[Completion]:
+        """Completed sequences since the last call, in the order the kernel saw them.
+
+        A sequence dropped by the last set_sequences still counts: its knock may have
+        completed just before the switch. Older ones are left out."""
+        out = []
+        for record in self.ring.records():
+            number, source = kp.decode_record(record)
+            sequence = self._ids.get(number, self._retired.get(number))
+            if sequence is not None:
+                out.append(Completion(sequence, source))
+        return out
+
+    def statistics(self) -> KernelStats:
+        """Counters since the program was loaded, summed over CPUs."""
+        stride = (kp.COUNTERS_VALUE.size + 7) & ~7
+        raw = self.counters.lookup(struct.pack("=I", 0), stride * self._cpus)
+        totals = [0] * len(kp.Counter)
+        if raw is not None:
+            for cpu in range(self._cpus):
+                for slot, value in enumerate(kp.COUNTERS_VALUE.unpack_from(raw, cpu * stride)):
+                    totals[slot] += value
+        return KernelStats(*totals)
+
+    def attempts_held(self) -> tuple[int, int]:
+        """(fresh, advanced) attempts in the maps, expired ones included (they leave when
+        looked up again or evicted)."""
+        return self.fresh.count(), self.advanced.count()
+
+    def evictions(self) -> tuple[int, int]:
+        """(fresh, advanced) attempts the LRU maps evicted to make room: what went in, less
+        what the rules took out, less what is held. (The kernel does not count evictions;
+        this holds as long as nothing else deletes attempts.)"""
+        stats = self.statistics()
+        fresh_held, advanced_held = self.attempts_held()
+        fresh = stats.started - stats.promoted - stats.fresh_deleted - fresh_held
+        advanced = stats.promoted - stats.advanced_deleted - advanced_held
+        return fresh, advanced
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> KernelMatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for thing in reversed(self._opened):
+            thing.close()
+        self._opened.clear()
+
+
+def explain(error: BaseException) -> str:
+    """Why the kernel engine cannot run, in a sentence (for `--engine auto`'s log line)."""
+    if isinstance(error, bpfsys.VerifierError):
+        return f"the kernel's verifier refused the program:\n{error.log}"
+    if isinstance(error, CapacityError):
+        return str(error)
+    if isinstance(error, OSError):
+        if error.errno == errno.EPERM:
+            return (
+                "not allowed to use bpf() (needs CAP_BPF, or root; "
+                "see also kernel.unprivileged_bpf_disabled)"
+            )
+        if error.errno == errno.ENOSYS:
+            return f"no bpf() system call: {error.strerror}"
+        if error.errno == errno.EINVAL:
+            return "the kernel lacks a feature the program needs (Linux 5.11+)"
+        return f"bpf() failed: {error.strerror}"
+    return str(error)

@@ -1,0 +1,578 @@
+"""The knock matcher as an eBPF socket filter, and the layout of the maps it shares with us.
+
+The program implements engine.py's matching rules for every packet the capture socket sees,
+so that only completed sequences reach user space. It is generated once per set of maps; the
+sequences, their frames and the local addresses live in maps, so a new config, a new one-time
+window or a changed address is a map update, never a new program.
+
+Per packet:
+
+1. Only packets addressed to this host (pkt_type PACKET_HOST) count, as in capture.py.
+2. Parse exactly as today's pipeline does (the classic filter of filter.py, then packet.py):
+   Ethernet with at most one 802.1Q tag in the data; IPv4 (version 4, IHL >= 5, total length
+   >= header length, no fragment offset); IPv6 walking at most ten hop-by-hop, routing,
+   destination options, fragment (first fragments only) and authentication headers; TCP with
+   14 header bytes present (for the flag byte), UDP with 4; all within the IP length and the
+   classic filter's 512-byte snap length.
+3. Look the (protocol, destination port, flag byte) up in the *frame table*: for every
+   sequence that has such a frame, its number, frame mask (bit k: frame k), length and
+   timeout; a miss ends the program. Then the destination must be in the *local address* map.
+4. For each sequence of the entry, in order, the rules of engine.py for the attempt of
+   (source, sequence): expired → gone; next frame → advance (the last one completes); the
+   frame just matched → retransmission, ignored; any other frame → broken, and frame 0
+   restarts.
+5. A completion is written to the ring buffer as (family, sequence number, source address).
+
+Time is the kernel's coarse monotonic clock (bpf_ktime_get_coarse_ns, Linux 5.11+: CLOCK_MONOTONIC
+as of the last tick, 1-4 ms old): the precise one cost 40 ns a packet here, the coarse one 7.
+Timeouts are seconds; the Python engine's own clock is read when a ring block is handed over,
+itself a millisecond or more after the packet.
+
+Attempts live in two LRU hash maps: *fresh* ones (one frame matched) and *advanced* ones (two
+or more). A flood of spoofed first frames only ever inserts fresh attempts, so it can only
+evict fresh attempts; an attempt that got its second frame in is out of its reach.
+
+The program returns 0 for every packet: nothing is queued on the socket. Statistics are
+counted in a per-CPU array.
+
+Packet bytes are read relative to SKF_LL_OFF (the link-layer header). A socket filter on an
+AF_PACKET socket sees data from the Ethernet header, BPF_PROG_TEST_RUN from the network
+header; SKF_LL_OFF reads the same bytes in both, so the tests run the very program the daemon
+attaches. (On the kernels these loads were written for, they reach only the linear part of
+a packet, where drivers and GRO leave the headers of a small packet such as a knock.)
+
+Several CPUs may run the program for one source at once; attempts are updated without locks
+(as the LRU maps allow), so two frames of one knock arriving within the same microsecond on two
+CPUs may be counted as one. A knock is sent one frame at a time, so this does not arise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from tportknockd.ebpf_asm import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, Assembler, Label, Reg
+from tportknockd.filter import SNAPLEN
+from tportknockd.model import PROTO_TCP, PROTO_UDP
+
+SKF_LL_OFF = -0x200000
+PACKET_HOST = 0
+BPF_HDR_START_MAC = 0
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+
+# Helper functions by number (include/uapi/linux/bpf.h).
+MAP_LOOKUP_ELEM = 1
+MAP_UPDATE_ELEM = 2
+MAP_DELETE_ELEM = 3
+KTIME_GET_COARSE_NS = 160
+SKB_LOAD_BYTES_RELATIVE = 68
+RINGBUF_OUTPUT = 130
+
+#: IPv6 extension headers walked, as packet.py does.
+IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH, IPV6_DEST_OPTS = 0, 43, 44, 51, 60
+MAX_IPV6_EXT_HEADERS = 10
+
+FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
+
+#: The longest sequence a frame mask (u64) can describe.
+MAX_FRAMES = 64
+
+# --- what the maps hold (host byte order, as the program reads them) ------------------------
+
+#: Frame table key: protocol << 24 | flag byte << 16 | destination port (flags 0 for UDP).
+FRAME_KEY = struct.Struct("=I")
+#: Frame table value: how many hits follow, then `max_hits` of HIT.
+FRAME_VALUE_HEAD = struct.Struct("=I4x")
+#: timeout (ns), frame mask, sequence number, sequence length.
+HIT = struct.Struct("=QQII")
+#: Attempt key, also the ring buffer record: family, sequence number, source address
+#: (network byte order, an IPv4 address in its first 4 bytes, the rest zero).
+ATTEMPT_KEY = struct.Struct("=II16s")
+#: Attempt value: when frame 0 arrived (ktime ns), frames matched.
+ATTEMPT_VALUE = struct.Struct("=QI4x")
+#: Local address key: address (as in ATTEMPT_KEY), family.
+LOCAL_KEY = struct.Struct("=16sI")
+LOCAL_VALUE = struct.Struct("=I")
+
+
+class Counter(IntEnum):
+    """Slots of the per-CPU statistics array (u64 each)."""
+
+    PACKETS = 0  # every packet the program saw
+    KNOCKS = 1  # packets to a local address that match some frame
+    STARTED = 2  # fresh attempts inserted
+    PROMOTED = 3  # attempts moved from fresh to advanced (second frame matched)
+    ADVANCED = 4  # further frames matched
+    RETRANSMISSIONS = 5
+    BROKEN = 6
+    EXPIRED = 7
+    COMPLETED = 8
+    RING_FULL = 9  # completions lost because user space did not read the ring in time
+    FRESH_DELETED = 10  # fresh attempts that ended by the rules (broken, expired, completed)
+    ADVANCED_DELETED = 11  # the same for advanced attempts
+
+
+COUNTERS_VALUE = struct.Struct(f"={len(Counter)}Q")
+
+
+def frame_key(protocol: int, port: int, flags: int) -> bytes:
+    return FRAME_KEY.pack(protocol << 24 | flags << 16 | port)
+
+
+def frame_value(hits: list[tuple[int, int, int, int]], max_hits: int) -> bytes:
+    """A frame table value from (timeout ns, mask, number, length) hits, in sequence order."""
+    if len(hits) > max_hits:
+        raise ValueError(f"{len(hits)} sequences share a frame; the program handles {max_hits}")
+    body = b"".join(HIT.pack(*hit) for hit in hits)
+    return FRAME_VALUE_HEAD.pack(len(hits)) + body.ljust(HIT.size * max_hits, b"\0")
+
+
+def frame_value_size(max_hits: int) -> int:
+    return FRAME_VALUE_HEAD.size + HIT.size * max_hits
+
+
+def address_key(packed: bytes) -> tuple[bytes, int]:
+    """(16 bytes, family) for a packed IPv4 or IPv6 address."""
+    family = FAMILY_IPV4 if len(packed) == 4 else FAMILY_IPV6
+    return packed.ljust(16, b"\0"), family
+
+
+def local_key(text: str) -> bytes:
+    """The local address map key of an address in text (a zone such as `%eth0` is ignored)."""
+    packed = ipaddress.ip_address(text.split("%", 1)[0]).packed
+    return LOCAL_KEY.pack(*address_key(packed))
+
+
+def attempt_key(number: int, source: bytes) -> bytes:
+    address, family = address_key(source)
+    return ATTEMPT_KEY.pack(family, number, address)
+
+
+def decode_record(record: bytes) -> tuple[int, bytes]:
+    """(sequence number, packed source address) of a ring buffer record."""
+    family, number, address = ATTEMPT_KEY.unpack_from(record)
+    return number, address[:4] if family == FAMILY_IPV4 else address
+
+
+# --- the program -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapFds:
+    """The maps the program uses, by file descriptor (the kernel takes its own references)."""
+
+    frames: int  # hash: FRAME_KEY -> frame_value
+    local: int  # hash: LOCAL_KEY -> LOCAL_VALUE
+    fresh: int  # LRU hash: ATTEMPT_KEY -> ATTEMPT_VALUE, one frame matched
+    advanced: int  # LRU hash: ATTEMPT_KEY -> ATTEMPT_VALUE, two or more frames matched
+    ring: int  # ring buffer of completions (ATTEMPT_KEY records)
+    counters: int  # per-CPU array, one COUNTERS_VALUE
+
+
+# Stack layout (offsets from the frame pointer). KEY.address is followed by LOCAL.address so
+# that an IPv6 source and destination, adjacent in the header, arrive with one load.
+_KEY = -48  # ATTEMPT_KEY: family -48, number -44, address -40..-25
+_KEY_FAMILY, _KEY_NUMBER, _KEY_ADDRESS = -48, -44, -40
+_LOCAL = -24  # LOCAL_KEY: address -24..-9, family -8 (and 4 bytes of padding)
+_LOCAL_ADDRESS, _LOCAL_FAMILY = -24, -8
+_FRAME_KEY = -56
+_VALUE = -72  # ATTEMPT_VALUE: started -72, matched -64, padding -60
+_ZERO = -76  # u32 0: the key of the counters array
+_IPV4_ADDRESSES = -88  # 8 bytes: an IPv4 source and destination as loaded
+_COUNTERS = -96  # spilled pointer to this CPU's counters
+
+_HIT_TIMEOUT, _HIT_MASK, _HIT_NUMBER, _HIT_LENGTH = 0, 8, 16, 20
+
+# Registers kept across helper calls.
+_CTX = R6  # the packet (LD_ABS/LD_IND want it in R6)
+_VAL = R7  # while parsing: header position; then: the frame table entry
+_NOW = R8  # while parsing: protocol / key; then: the time (ns)
+_END = R9  # while parsing: end of the bytes the parser may read
+
+
+class _Hit:
+    """Where hit `index`'s fields are in the frame table entry, and its labels."""
+
+    def __init__(self, base: int, asm: Assembler, suffix: str) -> None:
+        self.base = base
+        self.found = asm.label(f"found{suffix}")
+        self.advance = asm.label(f"advance{suffix}")
+        self.absent = asm.label(f"absent{suffix}")
+        self.fire = asm.label(f"fire{suffix}")
+        self.next = asm.label(f"next{suffix}")
+
+
+def generate(maps: MapFds, max_hits: int) -> bytes:
+    """The socket filter program for these maps; up to `max_hits` sequences per frame."""
+    return _Generator(maps, max_hits).program()
+
+
+class _Generator:
+    def __init__(self, maps: MapFds, max_hits: int) -> None:
+        self.maps = maps
+        self.max_hits = max_hits
+        self.asm = Assembler()
+        self.drop = self.asm.label("drop")
+
+    def program(self) -> bytes:
+        asm = self.asm
+        asm.mov(_CTX, R1)
+        self._count_packet()
+        self._check_packet_type()
+        ipv4, ipv6, l4 = asm.label("ipv4"), asm.label("ipv6"), asm.label("l4")
+        self._link_layer(ipv4, ipv6)
+        asm.place(ipv4)
+        self._ipv4(l4)
+        asm.place(ipv6)
+        self._ipv6(l4)
+        asm.place(l4)
+        self._transport()
+        self._lookups()
+        for index in range(self.max_hits):
+            self._hit(index)
+        asm.place(self.drop)
+        asm.ret(0)
+        return asm.assemble()
+
+    # -- packet ----------------------------------------------------------------------------
+
+    def _count_packet(self) -> None:
+        """Find this CPU's counters (kept on the stack) and count the packet; initialise the
+        stack areas that keys are built in, as the verifier wants."""
+        asm = self.asm
+        asm.store("w", FP, _ZERO, 0)
+        asm.ld_map_fd(R1, self.maps.counters)
+        asm.mov(R2, FP)
+        asm.alu(R2, "+", _ZERO)
+        asm.call(MAP_LOOKUP_ELEM)
+        asm.jmp(R0, "==", 0, self.drop)
+        asm.store("dw", FP, _COUNTERS, R0)
+        self._increment(Counter.PACKETS)
+        for offset in range(_KEY, 0, 8):  # KEY and LOCAL, zeroed: IPv4 uses 4 of 16 bytes
+            asm.store("dw", FP, offset, 0)
+        asm.store("dw", FP, _VALUE, 0)
+        asm.store("dw", FP, _VALUE + 8, 0)
+
+    def _increment(self, counter: Counter) -> None:
+        asm = self.asm
+        asm.load("dw", R1, FP, _COUNTERS)
+        asm.load("dw", R2, R1, counter * 8)
+        asm.alu(R2, "+", 1)
+        asm.store("dw", R1, counter * 8, R2)
+
+    def _check_packet_type(self) -> None:
+        self.asm.load("w", R0, _CTX, 4)  # struct __sk_buff: pkt_type
+        self.asm.jmp(R0, "!=", PACKET_HOST, self.drop)
+
+    def _link_layer(self, ipv4: Label, ipv6: Label) -> None:
+        """_VAL = where the IP header starts; branch on the ethertype (one 802.1Q tag)."""
+        asm, drop = self.asm, self.drop
+        untagged = asm.label("untagged")
+        asm.ld_abs("h", SKF_LL_OFF + 12)
+        asm.mov(_VAL, 14)
+        asm.jmp(R0, "!=", ETH_P_8021Q, untagged)
+        asm.ld_abs("h", SKF_LL_OFF + 16)
+        asm.mov(_VAL, 18)
+        asm.place(untagged)
+        asm.jmp(R0, "==", ETH_P_IP, ipv4)
+        asm.jmp(R0, "==", ETH_P_IPV6, ipv6)
+        asm.goto(drop)
+
+    def _load_addresses(self, offset: int, size: int, into: int) -> None:
+        """Copy `size` header bytes at _VAL + offset to the stack at `into`."""
+        asm = self.asm
+        asm.mov(R1, _CTX)
+        asm.mov(R2, _VAL)
+        asm.alu(R2, "+", offset)
+        asm.mov(R3, FP)
+        asm.alu(R3, "+", into)
+        asm.mov(R4, size)
+        asm.mov(R5, BPF_HDR_START_MAC)
+        asm.call(SKB_LOAD_BYTES_RELATIVE)
+        asm.jmp(R0, "!=", 0, self.drop)
+
+    def _ipv4(self, l4: Label) -> None:
+        """Leaves _VAL = transport header, _NOW = protocol, _END = end of the datagram."""
+        asm, drop = self.asm, self.drop
+        asm.ld_ind("b", _VAL, SKF_LL_OFF)  # version, IHL
+        asm.mov(_NOW, R0)
+        asm.alu(_NOW, ">>", 4)
+        asm.jmp(_NOW, "!=", 4, drop)
+        asm.mov(_NOW, R0)
+        asm.alu(_NOW, "&", 0x0F)
+        asm.alu(_NOW, "<<", 2)  # header length
+        asm.jmp(_NOW, "<", 20, drop)
+        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)  # total length
+        asm.jmp(R0, "<", _NOW, drop)
+        asm.mov(_END, R0)
+        asm.alu(_END, "+", _VAL)
+        asm.ld_ind("h", _VAL, SKF_LL_OFF + 6)  # flags, fragment offset
+        asm.alu(R0, "&", 0x1FFF)
+        asm.jmp(R0, "!=", 0, drop)
+        self._load_addresses(12, 8, _IPV4_ADDRESSES)
+        asm.load("w", R0, FP, _IPV4_ADDRESSES)
+        asm.store("w", FP, _KEY_ADDRESS, R0)
+        asm.load("w", R0, FP, _IPV4_ADDRESSES + 4)
+        asm.store("w", FP, _LOCAL_ADDRESS, R0)
+        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV4)
+        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV4)
+        asm.ld_ind("b", _VAL, SKF_LL_OFF + 9)  # protocol
+        asm.alu(_VAL, "+", _NOW)
+        asm.mov(_NOW, R0)
+        self._cap_end()
+        asm.goto(l4)
+
+    def _cap_end(self) -> None:
+        """The classic filter passes SNAPLEN bytes to the parser: read no further either."""
+        within = self.asm.label()
+        self.asm.jmp(_END, "<=", SNAPLEN, within)
+        self.asm.mov(_END, SNAPLEN)
+        self.asm.place(within)
+
+    def _ipv6(self, l4: Label) -> None:
+        """Like _ipv4, after walking the extension headers that packet.py walks."""
+        asm, drop = self.asm, self.drop
+        asm.ld_ind("b", _VAL, SKF_LL_OFF)
+        asm.alu(R0, ">>", 4)
+        asm.jmp(R0, "!=", 6, drop)
+        asm.ld_ind("h", _VAL, SKF_LL_OFF + 4)  # payload length
+        asm.mov(_END, R0)
+        asm.alu(_END, "+", _VAL)
+        asm.alu(_END, "+", 40)
+        asm.ld_ind("b", _VAL, SKF_LL_OFF + 6)  # next header
+        asm.mov(_NOW, R0)
+        self._load_addresses(8, 32, _KEY_ADDRESS)  # source, then destination: see _LOCAL
+        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV6)
+        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV6)
+        asm.alu(_VAL, "+", 40)
+        self._cap_end()
+        for walked in range(MAX_IPV6_EXT_HEADERS + 1):
+            asm.jmp(_NOW, "==", PROTO_TCP, l4)
+            asm.jmp(_NOW, "==", PROTO_UDP, l4)
+            if walked < MAX_IPV6_EXT_HEADERS:
+                self._ipv6_extension()
+        asm.goto(drop)
+
+    def _ipv6_extension(self) -> None:
+        """Step over one extension header (next header in _NOW) or drop the packet."""
+        asm, drop = self.asm, self.drop
+        generic, fragment, auth, done = (asm.label() for _ in range(4))
+        for header in (IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS):
+            asm.jmp(_NOW, "==", header, generic)
+        asm.jmp(_NOW, "==", IPV6_FRAGMENT, fragment)
+        asm.jmp(_NOW, "==", IPV6_AUTH, auth)
+        asm.goto(drop)
+        for label, units_to_bytes in ((generic, (1, 3)), (auth, (2, 2))):
+            # next header, length; the header is (length + 1) * 8 or (length + 2) * 4 bytes
+            asm.place(label)
+            self._need(2)
+            asm.ld_ind("h", _VAL, SKF_LL_OFF)
+            asm.mov(_NOW, R0)
+            asm.alu(_NOW, ">>", 8)
+            asm.alu(R0, "&", 0xFF)
+            asm.alu(R0, "+", units_to_bytes[0])
+            asm.alu(R0, "<<", units_to_bytes[1])
+            asm.alu(_VAL, "+", R0)
+            asm.goto(done)
+        asm.place(fragment)
+        self._need(8)
+        asm.ld_ind("b", _VAL, SKF_LL_OFF + 7)  # the whole header must be there
+        asm.ld_ind("w", _VAL, SKF_LL_OFF)  # next header, reserved, offset and flags
+        asm.mov(R1, R0)
+        asm.alu(R1, "&", 0xFFF8)
+        asm.jmp(R1, "!=", 0, drop)  # not the first fragment: no ports in it
+        asm.mov(_NOW, R0)
+        asm.alu(_NOW, ">>", 24)
+        asm.alu(_VAL, "+", 8)
+        asm.place(done)
+
+    def _need(self, size: int) -> None:
+        """Drop unless `size` bytes from _VAL are within _END."""
+        self.asm.mov(R1, _VAL)
+        self.asm.alu(R1, "+", size)
+        self.asm.jmp(R1, ">", _END, self.drop)
+
+    def _transport(self) -> None:
+        """The frame key from the TCP or UDP header at _VAL (protocol in _NOW)."""
+        asm, drop = self.asm, self.drop
+        udp, key = asm.label("udp"), asm.label("key")
+        asm.jmp(_NOW, "==", PROTO_UDP, udp)
+        asm.jmp(_NOW, "!=", PROTO_TCP, drop)
+        self._need(14)  # up to the flag byte, as packet.py reads it
+        asm.ld_ind("b", _VAL, SKF_LL_OFF + 13)
+        asm.mov(_NOW, R0)
+        asm.alu(_NOW, "<<", 16)
+        asm.alu(_NOW, "|", PROTO_TCP << 24)
+        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)
+        asm.alu(_NOW, "|", R0)
+        asm.goto(key)
+        asm.place(udp)
+        self._need(4)
+        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)
+        asm.mov(_NOW, R0)
+        asm.alu(_NOW, "|", PROTO_UDP << 24)
+        asm.place(key)
+        asm.store("w", FP, _FRAME_KEY, _NOW)
+
+    def _lookups(self) -> None:
+        """_VAL = the frame table entry, if the destination is local; _NOW = the time."""
+        asm, drop = self.asm, self.drop
+        self._lookup(self.maps.frames, _FRAME_KEY)
+        asm.jmp(R0, "==", 0, drop)
+        asm.mov(_VAL, R0)
+        self._lookup(self.maps.local, _LOCAL)
+        asm.jmp(R0, "==", 0, drop)
+        self._increment(Counter.KNOCKS)
+        asm.call(KTIME_GET_COARSE_NS)
+        asm.mov(_NOW, R0)
+
+    def _lookup(self, map_fd: int, key: int) -> None:
+        self.asm.ld_map_fd(R1, map_fd)
+        self.asm.mov(R2, FP)
+        self.asm.alu(R2, "+", key)
+        self.asm.call(MAP_LOOKUP_ELEM)
+
+    # -- the rules, for hit `index` of the frame table entry ---------------------------------
+
+    def _hit(self, index: int) -> None:
+        """Apply the rules to the attempt of (source, sequence of hit `index`)."""
+        asm = self.asm
+        hit = _Hit(FRAME_VALUE_HEAD.size + HIT.size * index, asm, str(index))
+        asm.load("w", R1, _VAL, 0)  # hits in this entry
+        asm.jmp(R1, "<=", index, self.drop)
+        asm.load("w", R1, _VAL, hit.base + _HIT_NUMBER)
+        asm.store("w", FP, _KEY_NUMBER, R1)
+        self._lookup(self.maps.advanced, _KEY)
+        asm.jmp(R0, "!=", 0, hit.found)
+        self._lookup(self.maps.fresh, _KEY)
+        asm.jmp(R0, "==", 0, hit.absent)
+        asm.place(hit.found)
+        self._attempt_found(hit)
+        asm.place(hit.advance)
+        self._advance(hit)
+        asm.place(hit.absent)
+        self._no_attempt(hit)
+        asm.place(hit.fire)
+        self._fire()
+        asm.place(hit.next)
+
+    def _attempt_found(self, hit: _Hit) -> None:
+        """R0: the attempt. Expired: gone. Next frame: on to `advance` with R0 and R4 (frames
+        matched). The frame just matched: ignored. Any other frame: broken."""
+        asm = self.asm
+        expired, retransmission = asm.label(), asm.label()
+        asm.load("dw", R1, R0, 0)  # started
+        asm.mov(R2, _NOW)
+        asm.alu(R2, "-", R1)
+        asm.load("dw", R3, _VAL, hit.base + _HIT_TIMEOUT)
+        asm.load("w", R4, R0, 8)  # frames matched
+        asm.jmp(R2, "s>", R3, expired)
+        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
+        asm.mov(R1, R5)
+        asm.alu(R1, ">>", R4)
+        asm.alu(R1, "&", 1)
+        asm.jmp(R1, "!=", 0, hit.advance)
+        asm.mov(R1, R4)
+        asm.alu(R1, "-", 1)
+        asm.alu(R5, ">>", R1)
+        asm.alu(R5, "&", 1)
+        asm.jmp(R5, "!=", 0, retransmission)
+        self._increment(Counter.BROKEN)
+        self._delete_attempt(matched=R4)
+        asm.goto(hit.absent)  # the breaking frame may be frame 0
+        asm.place(retransmission)
+        self._increment(Counter.RETRANSMISSIONS)
+        asm.goto(hit.next)
+        asm.place(expired)
+        self._increment(Counter.EXPIRED)
+        self._delete_attempt(matched=R4)
+        asm.goto(hit.absent)
+
+    def _advance(self, hit: _Hit) -> None:
+        """R0: the attempt, R4: frames matched before this one."""
+        asm = self.asm
+        promote, complete = asm.label(), asm.label()
+        asm.alu(R4, "+", 1)
+        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.jmp(R4, "==", R1, complete)
+        asm.jmp(R4, "==", 2, promote)
+        asm.store("w", R0, 8, R4)
+        self._increment(Counter.ADVANCED)
+        asm.goto(hit.next)
+        asm.place(promote)  # fresh -> advanced: out of a first-frame flood's reach
+        asm.load("dw", R1, R0, 0)
+        asm.store("dw", FP, _VALUE, R1)
+        asm.store("w", FP, _VALUE + 8, 2)
+        self._delete(self.maps.fresh)
+        self._update(self.maps.advanced)
+        self._increment(Counter.PROMOTED)
+        asm.goto(hit.next)
+        asm.place(complete)
+        asm.alu(R4, "-", 1)
+        self._delete_attempt(matched=R4)
+        asm.goto(hit.fire)
+
+    def _no_attempt(self, hit: _Hit) -> None:
+        """No attempt (any more): frame 0 starts one, or completes a one-frame sequence."""
+        asm = self.asm
+        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
+        asm.alu(R5, "&", 1)
+        asm.jmp(R5, "==", 0, hit.next)
+        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.jmp(R1, "==", 1, hit.fire)
+        asm.store("dw", FP, _VALUE, _NOW)
+        asm.store("w", FP, _VALUE + 8, 1)
+        self._update(self.maps.fresh)
+        self._increment(Counter.STARTED)
+        asm.goto(hit.next)
+
+    def _delete_attempt(self, matched: Reg) -> None:
+        """Delete the attempt from the map that holds attempts with `matched` frames."""
+        asm = self.asm
+        fresh, done = asm.label(), asm.label()
+        asm.jmp(matched, "==", 1, fresh)
+        self._delete(self.maps.advanced)
+        self._increment(Counter.ADVANCED_DELETED)
+        asm.goto(done)
+        asm.place(fresh)
+        self._delete(self.maps.fresh)
+        self._increment(Counter.FRESH_DELETED)
+        asm.place(done)
+
+    def _delete(self, map_fd: int) -> None:
+        self._lookup_args(map_fd, _KEY)
+        self.asm.call(MAP_DELETE_ELEM)
+
+    def _update(self, map_fd: int) -> None:
+        asm = self.asm
+        self._lookup_args(map_fd, _KEY)
+        asm.mov(R3, FP)
+        asm.alu(R3, "+", _VALUE)
+        asm.mov(R4, 0)  # BPF_ANY
+        asm.call(MAP_UPDATE_ELEM)
+
+    def _lookup_args(self, map_fd: int, key: int) -> None:
+        self.asm.ld_map_fd(R1, map_fd)
+        self.asm.mov(R2, FP)
+        self.asm.alu(R2, "+", key)
+
+    def _fire(self) -> None:
+        """Tell user space: the record is the attempt key (family, number, source)."""
+        asm = self.asm
+        asm.ld_map_fd(R1, self.maps.ring)
+        asm.mov(R2, FP)
+        asm.alu(R2, "+", _KEY)
+        asm.mov(R3, ATTEMPT_KEY.size)
+        asm.mov(R4, 0)
+        asm.call(RINGBUF_OUTPUT)
+        sent = asm.label()
+        asm.jmp(R0, "==", 0, sent)
+        self._increment(Counter.RING_FULL)
+        asm.place(sent)
+        self._increment(Counter.COMPLETED)

@@ -1,0 +1,177 @@
+"""The eBPF assembler's encoding (against instruction bytes from the kernel's documentation and
+`bpftool prog dump xlated` conventions), and the bpf(2) wrapper against the kernel."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from tportknockd import bpfsys
+from tportknockd.ebpf_asm import FP, R0, R1, R2, R6, R7, Assembler
+
+
+def insns(code: bytes) -> list[tuple[int, int, int, int]]:
+    return [struct.unpack_from("=BBhi", code, at) for at in range(0, len(code), 8)]
+
+
+def test_encodings() -> None:
+    asm = Assembler()
+    asm.mov(R0, 0)  # b7 0 0 0
+    asm.mov(R6, R1)  # bf: dst 6, src 1
+    asm.alu(R2, "+", -8)  # 07
+    asm.alu(R1, ">>", 4, bits=32)  # 74
+    asm.load("w", R0, R6, 4)  # 61
+    asm.store("dw", FP, -16, R7)  # 7b
+    asm.store("w", FP, -4, 7)  # 62
+    asm.ld_abs("h", -0x200000 + 12)  # 28
+    asm.ld_ind("b", R7, 9)  # 50
+    asm.call(1)  # 85
+    asm.exit()  # 95
+    assert insns(asm.assemble()) == [
+        (0xB7, 0x00, 0, 0),
+        (0xBF, 0x16, 0, 0),
+        (0x07, 0x02, 0, -8),
+        (0x74, 0x01, 0, 4),
+        (0x61, 0x60, 4, 0),
+        (0x7B, 0x7A, -16, 0),
+        (0x62, 0x0A, -4, 7),
+        (0x28, 0x00, 0, -0x200000 + 12),
+        (0x50, 0x70, 0, 9),
+        (0x85, 0x00, 0, 1),
+        (0x95, 0x00, 0, 0),
+    ]
+
+
+def test_wide_loads_take_two_slots() -> None:
+    asm = Assembler()
+    asm.ld_imm64(R1, 0x1122334455667788)
+    asm.ld_map_fd(R2, 7)
+    assert len(asm) == 4
+    assert insns(asm.assemble()) == [
+        (0x18, 0x01, 0, 0x55667788),
+        (0x00, 0x00, 0, 0x11223344),
+        (0x18, 0x12, 0, 7),  # src = BPF_PSEUDO_MAP_FD
+        (0x00, 0x00, 0, 0),
+    ]
+
+
+def test_jumps_forward_and_backward_count_slots() -> None:
+    asm = Assembler()
+    top, end = asm.label("top"), asm.label("end")
+    asm.place(top)
+    asm.jmp(R1, "==", 0, end)  # slot 0
+    asm.ld_imm64(R2, 1)  # slots 1, 2
+    asm.jmp(R1, "s>", R2, top)  # slot 3
+    asm.goto(top)  # slot 4
+    asm.place(end)
+    asm.exit()  # slot 5
+    code = insns(asm.assemble())
+    assert code[0] == (0x15, 0x01, 4, 0)
+    assert code[3] == (0x6D, 0x21, -4, 0)
+    assert code[4] == (0x05, 0x00, -5, 0)
+
+
+def test_mistakes_are_caught() -> None:
+    asm = Assembler()
+    nowhere = asm.label("nowhere")
+    asm.goto(nowhere)
+    with pytest.raises(ValueError, match="never placed"):
+        asm.assemble()
+    asm.place(nowhere)
+    with pytest.raises(ValueError, match="placed twice"):
+        asm.place(nowhere)
+    with pytest.raises(ValueError, match="does not fit"):
+        asm.mov(R0, 1 << 31)
+    far = Assembler()
+    target = far.label()
+    far.goto(target)
+    for _ in range(1 << 15):
+        far.mov(R0, 0)
+    far.place(target)
+    far.exit()
+    with pytest.raises(ValueError, match="too far"):
+        far.assemble()
+
+
+# -- the system call -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the bpf(2) tests need root")
+        pytest.skip("the bpf(2) tests need root")
+
+
+def test_map_operations(root: None) -> None:
+    m = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_HASH, 4, 8, 16, name="t")
+    try:
+        assert m.lookup(b"abcd") is None
+        m.update(b"abcd", b"12345678")
+        m.update(b"efgh", b"87654321", bpfsys.BPF_NOEXIST)
+        with pytest.raises(bpfsys.BpfError):
+            m.update(b"efgh", b"00000000", bpfsys.BPF_NOEXIST)
+        assert m.lookup(b"abcd") == b"12345678"
+        assert sorted(m.walk_keys()) == [b"abcd", b"efgh"]
+        assert m.delete(b"abcd") and not m.delete(b"abcd")
+        with pytest.raises(ValueError):
+            m.update(b"abc", b"12345678")
+        assert m.count() == 1
+    finally:
+        m.close()
+
+
+def test_counting_entries_in_batches(root: None) -> None:
+    m = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 16, 20000)
+    try:
+        assert m.count() == 0
+        for index in range(9000):  # a little over two batches
+            m.update(struct.pack("=I", index), bytes(16))
+        assert m.count() == 9000 == sum(1 for _ in m.walk_keys())
+    finally:
+        m.close()
+
+
+def test_a_refused_program_comes_with_the_whole_log(root: None) -> None:
+    asm = Assembler()
+    for _ in range(50):
+        asm.mov(R1, 1)
+    asm.load("dw", R0, R1, 0)  # R1 is a number, not a pointer
+    asm.exit()
+    with pytest.raises(bpfsys.VerifierError) as refused:
+        bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
+    log = refused.value.log
+    assert log.startswith("0: R1=ctx() R10=fp0")
+    assert "50: (79) r0 = *(u64 *)(r1 +0)" in log and "R1 invalid mem access" in log
+    assert log in str(refused.value)
+
+
+def test_test_run_and_per_cpu_arrays(root: None) -> None:
+    counters = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)
+    asm = Assembler()
+    asm.store("w", FP, -4, 0)
+    asm.ld_map_fd(R1, counters.fd)
+    asm.mov(R2, FP)
+    asm.alu(R2, "+", -4)
+    asm.call(1)
+    done = asm.label()
+    asm.jmp(R0, "==", 0, done)
+    asm.load("dw", R1, R0, 0)
+    asm.alu(R1, "+", 1)
+    asm.store("dw", R0, 0, R1)
+    asm.place(done)
+    asm.ret(64)
+    program = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
+    try:
+        frame = bytes(12) + b"\x08\x00" + bytes(40)
+        assert program.test_run(frame, repeat=1000).retval == 64
+        cpus = bpfsys.possible_cpus()
+        raw = counters.lookup(struct.pack("=I", 0), 8 * cpus)
+        assert raw is not None
+        assert sum(struct.unpack(f"={cpus}Q", raw)) == 1000
+    finally:
+        program.close()
+        counters.close()
