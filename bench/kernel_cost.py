@@ -99,7 +99,7 @@ def main() -> int:
         matcher.set_local_addresses([SERVER])
         program = matcher.program
         first = udp_frame("198.51.100.7", SERVER, 1234)
-        rows = [
+        rows: list[tuple[str, float]] = [
             ("first frame, same source (repeat)",
              best_repeated(program, first, args.repeat, args.rounds)),
             ("no knock: unused port (repeat)",
