@@ -248,3 +248,23 @@ def test_a_list_line_is_used_once_and_the_list_moves_on() -> None:
     schedule.move_list("knockd", None)
     engine.set_sequences(schedule.live(T0))
     assert engine.sequences == []
+
+
+def test_a_completion_from_elsewhere_fires_like_a_last_frame() -> None:
+    event = otp_event()
+    engine, schedule = setup(event)
+    (current,) = [s for s in engine.sequences if s.window == W]
+    assert engine.complete(current.key, address_bytes(A), 1.0) == [
+        Burned("ssh", A, W, current.frames),
+        RunStart("ssh", A, "open %IP%"),
+    ]
+    assert engine.complete(current.key, address_bytes(B), 1.5) == [Replayed("ssh", B, A)]
+    # Just replaced sequences still count once (a knock completed before the switch) ...
+    oldest = min(engine.sequences, key=lambda s: s.window or 0)
+    engine.set_sequences(schedule.live(T0 + 30))
+    assert [type(a).__name__ for a in engine.complete(oldest.key, address_bytes(B), 2.0)] == [
+        "Burned",
+        "RunStart",
+    ]
+    # ... unknown ones never.
+    assert engine.complete(("nope", (), None, None), address_bytes(A), 3.0) == []

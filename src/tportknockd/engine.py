@@ -61,7 +61,7 @@ from tportknockd.outcomes import (
     RunStart,
     RunStop,
 )
-from tportknockd.sequences import LiveSequence, static_sequences
+from tportknockd.sequences import LiveSequence, SequenceKey, static_sequences
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -136,6 +136,8 @@ class Engine:
 
     def __post_init__(self) -> None:
         self._sequences = []
+        self._by_key: dict[SequenceKey, LiveSequence] = {}
+        self._retired: dict[SequenceKey, LiveSequence] = {}
         self._attempts = []
         self.set_sequences(static_sequences(self.config))
 
@@ -148,7 +150,9 @@ class Engine:
         """
         kept = zip(self._sequences, self._attempts, strict=True)
         old = {seq.key: attempts for seq, attempts in kept}
+        self._retired = {seq.key: seq for seq in self._sequences}
         self._sequences = list(sequences)
+        self._by_key = {seq.key: seq for seq in self._sequences}
         self._table = _frame_masks(self._sequences)
         self._attempts = [old.get(seq.key) or OrderedDict() for seq in self._sequences]
         self._attempt_count = sum(len(attempts) for attempts in self._attempts)
@@ -236,6 +240,17 @@ class Engine:
         if self.trace:
             name = sequence.event.name
             out.append(Progress(name, address_text(src), what, step, len(sequence.frames)))
+
+    def complete(self, key: SequenceKey, src: bytes, now: float) -> list[Action]:
+        """A sequence matched elsewhere (the kernel engine) completed for `src`: what the last
+        frame would have done here. A sequence replaced by the last `set_sequences` still
+        counts (its knock may have completed just before); unknown ones are ignored."""
+        sequence = self._by_key.get(key) or self._retired.get(key)
+        if sequence is None:
+            return []
+        out: list[Action] = []
+        self.doors.complete(sequence, address_text(src), now, out)
+        return out
 
     # -- doors ----------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ from typing import NamedTuple
 from tportknockd import otp
 from tportknockd.model import Config, Event, Frame, ListHead
 
+#: What identifies a live sequence across updates: event name, frames, window, list line.
+SequenceKey = tuple[str, tuple[Frame, ...], int | None, int | None]
+
 
 class LiveSequence(NamedTuple):
     """One sequence the engine matches, and where it comes from."""
@@ -23,7 +26,7 @@ class LiveSequence(NamedTuple):
     list_line: int | None = None  # the one-time list line it was read from
 
     @property
-    def key(self) -> tuple[str, tuple[Frame, ...], int | None, int | None]:
+    def key(self) -> SequenceKey:
         """What makes it the same sequence across updates (attempts carry over)."""
         return (self.event.name, self.frames, self.window, self.list_line)
 
