@@ -485,7 +485,7 @@ def test_changes_are_map_updates(matcher: KernelMatcher) -> None:
     matcher.set_local_addresses([SERVER_V4, SERVER_V6])
     for port in (1, 2, 3):
         run(frame_for(udp(port), A6))
-    assert matcher.completions() == [("ssh", address_bytes(A6))]
+    assert [c[:2] for c in matcher.completions()] == [("ssh", address_bytes(A6))]
     assert matcher.program.fd == program_fd
 
 
@@ -510,7 +510,7 @@ def test_a_completion_read_after_its_sequence_was_dropped_still_counts(
     matcher.program.test_run(frame_for(udp(5)))
     matcher.program.test_run(frame_for(udp(6)))  # completes just before the window moves on
     matcher.set_sequences([KnockSequence(("otp", 2), (udp(7), udp(8)), 10)])
-    assert matcher.completions() == [(("otp", 1), address_bytes(A))]
+    assert [c[:2] for c in matcher.completions()] == [(("otp", 1), address_bytes(A))]
     matcher.set_sequences(old)
     matcher.program.test_run(frame_for(udp(5)))
     matcher.program.test_run(frame_for(udp(6)))
@@ -565,7 +565,8 @@ def test_a_first_frame_flood_cannot_evict_an_advanced_attempt() -> None:
         run(frame_for(udp(3), A))
         run(frame_for(udp(2), B))
         run(frame_for(udp(3), B))
-        assert m.completions() == [("ev", address_bytes(A))]  # B's first frame was evicted
+        # B's first frame was evicted
+        assert [c[:2] for c in m.completions()] == [("ev", address_bytes(A))]
         fresh, advanced = m.attempts_held()
         assert fresh <= 256 and advanced == 0
         stats = m.statistics()
@@ -579,12 +580,13 @@ def test_a_first_frame_flood_cannot_evict_an_advanced_attempt() -> None:
 
 def test_ring_buffer_wraps_round_and_counts_what_it_could_not_hold() -> None:
     require_root()
-    with KernelMatcher(Capacity(ring_bytes=4096)) as m:  # records of 32 bytes (header + 24)
+    # Records of 40 bytes: an 8-byte header, then kp.RECORD_SIZE (32).
+    with KernelMatcher(Capacity(ring_bytes=4096)) as m:
         m.set_local_addresses(LOCAL)
         m.set_sequences([KnockSequence("one", (udp(9),), 10)])
         sent: list[bytes] = []
         got: list[bytes] = []
-        for index in range(1000):  # about eight times round the ring
+        for index in range(1000):  # about ten times round the ring
             m.program.test_run(spoofed(index, 9))
             sent.append(address_bytes(f"198.18.{index >> 8}.{index & 0xFF}"))
             if index % 50 == 49:
@@ -592,7 +594,8 @@ def test_ring_buffer_wraps_round_and_counts_what_it_could_not_hold() -> None:
         assert got == sent
         for index in range(200):  # now without reading
             m.program.test_run(spoofed(index, 9))
-        held = (4096 - 1) // 32  # the kernel keeps producer - consumer below the ring's size
+        record = 8 + kp.RECORD_SIZE
+        held = (4096 - 1) // record  # the kernel keeps producer - consumer below the ring's size
         assert [c.source for c in m.completions()] == sent[:held]
         stats = m.statistics()
         assert stats.ring_full == 200 - held and stats.completed == 1200
@@ -695,11 +698,12 @@ def test_attached_to_a_packet_socket() -> None:
 
 def test_frame_table_matches_the_engines_masks() -> None:
     from tportknockd.engine import _frame_masks
+    from tportknockd.sequences import static_sequences
 
     events = (event("a", *SEED_SSH), event("b", *SEED_VPN), event("c", *SEED_FLAGS))
     numbered = [(n + 1, KnockSequence(e.name, e.frames, e.timeout)) for n, e in enumerate(events)]
     table = frame_table(numbered, Capacity())
-    masks = _frame_masks(Config("x", events))
+    masks = _frame_masks(static_sequences(Config("x", events)))
     assert len(table) == len(masks)
     for (protocol, port, flags), hits in masks.items():
         value = table[kp.frame_key(protocol, port, flags)]
@@ -728,9 +732,9 @@ def test_capacity_grows_to_fit() -> None:
 def test_keys_keep_families_apart() -> None:
     v4 = address_bytes("198.51.100.7")
     assert kp.attempt_key(1, v4) != kp.attempt_key(1, v4 + bytes(12))
-    assert kp.decode_record(kp.attempt_key(5, v4)) == (5, v4)
+    assert kp.decode_record(kp.attempt_key(5, v4) + kp.RECORD_TAIL.pack(3)) == (5, v4, 3)
     v6 = address_bytes(A6)
-    assert kp.decode_record(kp.attempt_key(7, v6)) == (7, v6)
+    assert kp.decode_record(kp.attempt_key(7, v6)) == (7, v6, 0)
     assert kp.local_key("fe80::1%eth0") == kp.local_key("fe80::1")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tportknockd import filter as bpf
@@ -91,7 +91,7 @@ class Capture:
     def __init__(
         self,
         ifname: str,
-        program: Sequence[bpf.Insn],
+        program: bpf.Program,
         geometry: RingGeometry | None = None,
         raw_ip: bool = False,
     ) -> None:
@@ -110,10 +110,10 @@ class Capture:
             raise
         self._block = 0
 
-    def _setup(self, program: Sequence[bpf.Insn]) -> None:
+    def _setup(self, program: bpf.Program) -> None:
         sock, geometry = self._sock, self.geometry
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-        bpf.attach(sock, program)
+        bpf.attach_program(sock, program)
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, geometry.request())
         self._ring = mmap.mmap(
             sock.fileno(),
@@ -130,9 +130,9 @@ class Capture:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def set_filter(self, program: Sequence[bpf.Insn]) -> None:
+    def set_filter(self, program: bpf.Program) -> None:
         """Swap the kernel filter (atomic in the kernel)."""
-        bpf.attach(self._sock, program)
+        bpf.attach_program(self._sock, program)
 
     def packets(self, max_blocks: int = 32) -> Iterator[Packet | None]:
         """The packets of the blocks the kernel has handed over, in order, at most `max_blocks`.

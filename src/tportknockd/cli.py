@@ -14,6 +14,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon import Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
+from tportknockd.kernel_matching import ENGINES
 from tportknockd.selection import Selection, any_would_listen_on
 from tportknockd.state import DEFAULT_STATE_FILE
 
@@ -53,6 +54,8 @@ long options:
                           longer bursts)
   --state-file FILE       where open doors are recorded to survive a crash
                           (default {DEFAULT_STATE_FILE}; 'none' to keep no record)
+  --engine ENGINE         auto, kernel or python: where knocks are matched (default auto:
+                          in the kernel, as an eBPF program, where the kernel allows it)
   --show-sequences        with -C: also show the current sequences of one-time events
   --version               print the version
 
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-file", default=DEFAULT_STATE_FILE)
     p.add_argument("--ring-size", type=_count, default=2)
     p.add_argument("--show-sequences", action="store_true")
+    p.add_argument("--engine", choices=ENGINES, default="auto")
     p.add_argument("--version", action="store_true")
     return p
 
@@ -210,6 +214,7 @@ def serve(args: argparse.Namespace) -> int:
         command_time_limit=args.command_timeout,
         state_file=None if args.state_file == "none" else args.state_file,
         ring_mib=args.ring_size,
+        engine=args.engine,
     )
     if args.daemon:
         running = _running_pid(args.pid_file)

@@ -19,15 +19,17 @@ import logging
 import select
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tportknockd import state
+from tportknockd import kernel_matching, state
 from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
 from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
 from tportknockd.interfaces import Interfaces, StartupError
+from tportknockd.kernel_matching import KernelMatching
 from tportknockd.model import Config, Frame
 from tportknockd.selection import Selection
 from tportknockd.sequencer import Sequencer, frames_of
@@ -57,6 +59,7 @@ class Options:
     command_time_limit: float = DEFAULT_TIME_LIMIT
     state_file: str | None = state.DEFAULT_STATE_FILE
     ring_mib: int = 2
+    engine: str = "auto"  # auto, kernel or python (kernel_matching.ENGINES)
 
 
 @dataclass
@@ -90,6 +93,8 @@ class Daemon:
             options.debug,
         )
         self.signals = SignalInbox()
+        self.kernel: KernelMatching | None = None
+        self._engine_line = "engine: python"
         self._stopping = False
         self._next_statistics = 0.0
 
@@ -98,9 +103,22 @@ class Daemon:
         return self.sequencer.frames()
 
     def open(self) -> None:
-        """Open the captures; raises StartupError with a line fit for the user."""
-        self.sequencer.start(self.interfaces.refilter)
+        """Choose the engine, open the captures; StartupError with a line fit for the user."""
+        self.sequencer.start(self._refilter)
+        try:
+            self.kernel, self._engine_line = kernel_matching.choose(
+                self.options.engine, self.engine.sequences, self.options.max_attempts
+            )
+        except kernel_matching.KernelEngineError as exc:
+            raise StartupError(str(exc)) from None
+        self.interfaces.kernel = self.kernel
         self.interfaces.start()
+
+    def _refilter(self, frames: Iterable[Frame]) -> None:
+        """The live sequences changed (one-time windows, lists): every filter follows."""
+        if self.kernel is not None:
+            self.kernel.set_sequences(self.engine.sequences)
+        self.interfaces.refilter(frames)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -108,11 +126,15 @@ class Daemon:
         """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
         self.signals.install(HANDLED_SIGNALS)
         self.poller.register(self.signals.fileno(), select.POLLIN)
+        if self.kernel is not None:
+            self.poller.register(self.kernel.fileno(), select.POLLIN)
         self.doors.restore()
         # What start-up built lives as long as the daemon: keep it out of every later
         # collection, so collections stay short while floods churn through attempts.
         gc.freeze()
         notify_systemd("READY=1")
+        # Said here, not when chosen: a start-up that fails says one thing, what went wrong.
+        log.info("%s", self._engine_line)
         log.info(
             "ready: %d events, %d frames, on %s",
             len(self.config.events),
@@ -147,9 +169,14 @@ class Daemon:
             self._next_statistics = now + STATISTICS_INTERVAL
             self.interfaces.read_kernel_statistics()
         feed, perform, signals_fd = self.engine.feed, self.doors.perform, self.signals.fileno()
+        kernel_fd = self.kernel.fileno() if self.kernel is not None else -1
         for fd, revents in self.poller.poll(self._poll_timeout_ms(now, deadline)):
             if fd == signals_fd:
                 self._handle_signals()
+            elif fd == kernel_fd:
+                assert self.kernel is not None
+                for actions, ifindex in self.kernel.completed(self.engine, time.monotonic()):
+                    perform(actions, self.interfaces.name_of(ifindex))
             else:
                 self.interfaces.on_ready(fd, revents, feed, perform)
 
@@ -183,8 +210,12 @@ class Daemon:
         schedule = Schedule(config)
         live = schedule.live(time.time())
         try:
+            if self.kernel is not None:
+                self.kernel.set_sequences(live)  # changes nothing when they do not fit
             self.interfaces.refilter(frames_of(live))
         except ValueError as exc:
+            if self.kernel is not None:
+                self.kernel.set_sequences(self.engine.sequences)
             log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
             return
         for warning in config.warnings:
@@ -201,6 +232,8 @@ class Daemon:
             len(self.engine.open_doors()),
             self.interfaces.open_resyncs(),
         )
+        if self.kernel is not None:
+            summary += " " + self.kernel.summary()
         log.info("statistics: %s", summary)
 
     # -- the end --------------------------------------------------------------------------
@@ -212,5 +245,7 @@ class Daemon:
             log.error("some commands were still running at exit")
         self.log_statistics()
         self.interfaces.close()
+        if self.kernel is not None:
+            self.kernel.close()
         log.info("stopped")
         return 0

@@ -37,6 +37,7 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from tportknockd.model import PROTO_TCP, Frame
 
@@ -465,6 +466,24 @@ def pack(program: Sequence[Insn]) -> bytes:
 
 # struct sock_fprog { unsigned short len; struct sock_filter *filter; }, native alignment.
 _SOCK_FPROG = struct.Struct("@HP")
+
+
+class Attachable(Protocol):
+    """A program that attaches itself to a socket: the kernel engine's eBPF program."""
+
+    def attach(self, sock: socket.socket) -> None: ...
+
+
+#: What a capture socket is given as its filter: classic instructions, or an eBPF program.
+Program = Sequence[Insn] | Attachable
+
+
+def attach_program(sock: socket.socket, program: Program) -> None:
+    """Attach (or atomically replace) the socket's filter, classic or eBPF."""
+    if isinstance(program, Sequence):
+        attach(sock, program)
+    else:
+        program.attach(sock)
 
 
 def attach(sock: socket.socket, program: Sequence[Insn]) -> None:

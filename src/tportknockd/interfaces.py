@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Iterable
 from tportknockd import filter as bpf
 from tportknockd import netif
 from tportknockd.capture import RingGeometry
+from tportknockd.kernel_matching import KernelMatching
 from tportknockd.listener import Feed, Listener, Perform
 from tportknockd.model import Frame
 from tportknockd.selection import Selection
@@ -68,6 +69,9 @@ class Interfaces:
         self.watcher: netif.ChangeWatcher | None = None
         self._next_check = 0.0
         self._next_refresh = 0.0
+        #: With the kernel engine: its program goes on every Ethernet link, in place of the
+        #: classic filter, and its map of local addresses follows the listeners'.
+        self.kernel: KernelMatching | None = None
 
     def _listener(self, name: str) -> Listener:
         listener = self.listeners.get(name)
@@ -224,6 +228,21 @@ class Interfaces:
                 listener.set_addresses(own, accepted)
             elif listener.is_same_interface(current):
                 self._readdress(listener, own, accepted)
+        self._sync_kernel_addresses()
+
+    def _sync_kernel_addresses(self) -> None:
+        """The kernel engine's addresses: every destination that counts on some listener (one
+        map for all sockets, so a link-local address counts on every Ethernet link)."""
+        if self.kernel is None:
+            return
+        wanted: set[str] = set()
+        for listener in self.listeners.values():
+            if not listener.raw_ip:
+                wanted.update(listener.accepted)
+        try:
+            self.kernel.set_local_addresses(wanted)
+        except ValueError as exc:
+            log.error("kernel engine: %s; keeping its old addresses", exc)
 
     def _readdress(self, listener: Listener, own: frozenset[str], accepted: set[str]) -> None:
         if own != listener.addresses:
@@ -265,6 +284,13 @@ class Interfaces:
         del self._by_fd[fd]
         listener.close()
 
+    def name_of(self, index: int) -> str | None:
+        """The name of the listened interface with kernel index `index` (None if none)."""
+        for listener in self.listeners.values():
+            if listener.capture is not None and listener.index == index:
+                return listener.name
+        return None
+
     # -- the kernel filters ---------------------------------------------------------------
 
     def refilter(self, frames: Iterable[Frame] | None = None) -> None:
@@ -274,7 +300,7 @@ class Interfaces:
         for the kernel) leaves every filter as it was.
         """
         wanted = list(self._frames() if frames is None else frames)
-        compiled: dict[tuple[frozenset[str], bool], list[bpf.Insn]] = {}
+        compiled: dict[tuple[frozenset[str], bool], bpf.Program] = {}
         for listener in self.listeners.values():
             key = (listener.accepted, listener.raw_ip)
             if key not in compiled:
@@ -284,12 +310,15 @@ class Interfaces:
 
     def _program(
         self, addresses: Collection[str], raw_ip: bool, frames: Iterable[Frame] | None = None
-    ) -> list[bpf.Insn]:
+    ) -> bpf.Program:
         """The kernel filter for `frames` (default: the current ones) sent to `addresses`,
-        for a link with an Ethernet header or (`raw_ip`) without.
+        for a link with an Ethernet header or (`raw_ip`) without; with the kernel engine, its
+        program for an Ethernet link (which follows frames and addresses through its maps).
 
         Raises ValueError when it would not fit in a classic BPF program.
         """
+        if self.kernel is not None and not raw_ip:
+            return self.kernel.program
         if not addresses:
             return bpf.drop_all()
         wanted = self._frames() if frames is None else frames

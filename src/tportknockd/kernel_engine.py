@@ -49,6 +49,7 @@ class KnockSequence:
 class Completion(NamedTuple):
     sequence: Hashable  # the KnockSequence.id
     source: bytes  # packed address, 4 or 16 bytes
+    ifindex: int = 0  # the interface the completing frame came in on
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Capacity:
     fresh_attempts: int = 65536  # attempts with one frame matched (what a flood fills)
     advanced_attempts: int = 8192  # attempts with two or more frames matched
     local_addresses: int = 1024
-    ring_bytes: int = 1 << 18  # completions waiting for user space, 24 bytes each + 8
+    ring_bytes: int = 1 << 18  # completions waiting for user space, 32 bytes each + 8
 
     def map_bytes(self) -> int:
         """A rough figure for the kernel memory the maps take (LRU maps are preallocated;
@@ -286,10 +287,10 @@ class KernelMatcher:
         completed just before the switch. Older ones are left out."""
         out = []
         for record in self.ring.records():
-            number, source = kp.decode_record(record)
+            number, source, ifindex = kp.decode_record(record)
             sequence = self._ids.get(number, self._retired.get(number))
             if sequence is not None:
-                out.append(Completion(sequence, source))
+                out.append(Completion(sequence, source, ifindex))
         return out
 
     def statistics(self) -> KernelStats:

@@ -154,10 +154,21 @@ def attempt_key(number: int, source: bytes) -> bytes:
     return ATTEMPT_KEY.pack(family, number, address)
 
 
-def decode_record(record: bytes) -> tuple[int, bytes]:
-    """(sequence number, packed source address) of a ring buffer record."""
+#: Ring buffer record: the attempt key, then the index of the interface the last frame came
+#: in on (for the log), and padding.
+RECORD_TAIL = struct.Struct("=I4x")
+RECORD_SIZE = ATTEMPT_KEY.size + RECORD_TAIL.size
+#: struct __sk_buff's ifindex (include/uapi/linux/bpf.h): the interface the packet came in on.
+SKB_IFINDEX = 40
+
+
+def decode_record(record: bytes) -> tuple[int, bytes, int]:
+    """(sequence number, packed source address, interface index) of a ring buffer record."""
     family, number, address = ATTEMPT_KEY.unpack_from(record)
-    return number, address[:4] if family == FAMILY_IPV4 else address
+    ifindex = (
+        RECORD_TAIL.unpack_from(record, ATTEMPT_KEY.size)[0] if len(record) >= RECORD_SIZE else 0
+    )
+    return number, address[:4] if family == FAMILY_IPV4 else address, ifindex
 
 
 # --- the program -----------------------------------------------------------------------------
@@ -186,6 +197,7 @@ _VALUE = -72  # ATTEMPT_VALUE: started -72, matched -64, padding -60
 _ZERO = -76  # u32 0: the key of the counters array
 _IPV4_ADDRESSES = -88  # 8 bytes: an IPv4 source and destination as loaded
 _COUNTERS = -96  # spilled pointer to this CPU's counters
+_RECORD = -128  # ring buffer record: ATTEMPT_KEY -128..-105, ifindex -104, padding -100
 
 _HIT_TIMEOUT, _HIT_MASK, _HIT_NUMBER, _HIT_LENGTH = 0, 8, 16, 20
 
@@ -563,12 +575,19 @@ class _Generator:
         self.asm.alu(R2, "+", key)
 
     def _fire(self) -> None:
-        """Tell user space: the record is the attempt key (family, number, source)."""
+        """Tell user space: the record is the attempt key (family, number, source) and the
+        interface the completing frame came in on."""
         asm = self.asm
+        for offset in range(0, ATTEMPT_KEY.size, 8):
+            asm.load("dw", R1, FP, _KEY + offset)
+            asm.store("dw", FP, _RECORD + offset, R1)
+        asm.load("w", R1, _CTX, SKB_IFINDEX)
+        asm.store("w", FP, _RECORD + ATTEMPT_KEY.size, R1)
+        asm.store("w", FP, _RECORD + ATTEMPT_KEY.size + 4, 0)
         asm.ld_map_fd(R1, self.maps.ring)
         asm.mov(R2, FP)
-        asm.alu(R2, "+", _KEY)
-        asm.mov(R3, ATTEMPT_KEY.size)
+        asm.alu(R2, "+", _RECORD)
+        asm.mov(R3, RECORD_SIZE)
         asm.mov(R4, 0)
         asm.call(RINGBUF_OUTPUT)
         sent = asm.label()

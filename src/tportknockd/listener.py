@@ -14,7 +14,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 
 from tportknockd import filter as bpf
 from tportknockd import netif
@@ -53,7 +53,7 @@ class Listener:
 
     # -- the capture ----------------------------------------------------------------------
 
-    def open(self, link: netif.Interface, program: Sequence[bpf.Insn]) -> None:
+    def open(self, link: netif.Interface, program: bpf.Program) -> None:
         """Open the capture on `link` with `program` (compiled for `link.framing`) as its
         filter; OSError when it fails."""
         raw_ip = link.framing == "raw-ip"
@@ -83,7 +83,7 @@ class Listener:
         assert self.capture is not None
         return self.capture.fileno()
 
-    def set_filter(self, program: Sequence[bpf.Insn]) -> None:
+    def set_filter(self, program: bpf.Program) -> None:
         if self.capture is not None:
             self.capture.set_filter(program)
 

@@ -59,8 +59,24 @@ def child_env() -> dict[str, str]:
     return env
 
 
+#: The engine every daemon a test starts runs with (see the `engine` fixture below).
+ENGINE = {"name": "python"}
+
+
 def daemon_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tportknockd", *args]
+    """The daemon's command line. A daemon run (-c) gets `--engine` of the test's engine."""
+    engine = ("--engine", ENGINE["name"]) if "-c" in args and "--engine" not in args else ()
+    return [sys.executable, "-m", "tportknockd", *args, *engine]
+
+
+@pytest.fixture(params=["python", "kernel"], autouse=True)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every e2e test runs once with each engine: the Python engine (the specification) and
+    the eBPF program matching in the kernel. `--engine kernel` fails at start-up rather than
+    fall back, so a kernel run is never silently a Python one."""
+    ENGINE["name"] = request.param
+    yield request.param
+    ENGINE["name"] = "python"
 
 
 def client_argv(*args: str) -> list[str]:
@@ -140,6 +156,23 @@ class DaemonRun:
     def wait_action(self, line: str, timeout: float = DEADLINE, count: int = 1) -> None:
         if not wait_until(lambda: self.action_lines().count(line) >= count, timeout):
             self.fail(f"command output {line!r} (x{count}) did not appear within {timeout} s")
+
+    def statistics(self) -> dict[str, int]:
+        """Ask for statistics (SIGUSR1) and return the figures of the line that answers."""
+        seen = self.log_text().count("statistics: ")
+        self.signal(signal.SIGUSR1)
+        line = self.wait_log(r"statistics: ", count=seen + 1)
+        return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line)}
+
+    def wait_attempt_advanced(self, source: str, step: int, of: int) -> None:
+        """Wait until an attempt from `source` has `step` of `of` frames matched: the debug
+        trace says so with the Python engine; the kernel engine's maps say an attempt is
+        past its first frame (-d traces no packet that never reaches Python)."""
+        if ENGINE["name"] == "python":
+            self.wait_log(rf"{re.escape(source)} advanced \({step}/{of}\)")
+            return
+        if not wait_until(lambda: self.statistics().get("kernel_attempts_advanced", 0) >= 1):
+            self.fail("no attempt past its first frame in the kernel engine's maps")
 
     def fail(self, message: str) -> None:
         pytest.fail(
