@@ -27,7 +27,7 @@ from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, Command
 from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
-from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine
+from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Action, Engine
 from tportknockd.interfaces import Interfaces, StartupError
 from tportknockd.kernel_matching import KernelMatching
 from tportknockd.model import Config, Frame
@@ -174,11 +174,24 @@ class Daemon:
             if fd == signals_fd:
                 self._handle_signals()
             elif fd == kernel_fd:
-                assert self.kernel is not None
-                for actions, ifindex in self.kernel.completed(self.engine, time.monotonic()):
-                    perform(actions, self.interfaces.name_of(ifindex))
+                self._on_completions()
             else:
                 self.interfaces.on_ready(fd, revents, feed, perform)
+
+    def _on_completions(self) -> None:
+        """Carry out what the kernel engine's completed knocks call for: in one go for each
+        run of completions on the same interface (one state file write, not one each)."""
+        assert self.kernel is not None
+        batch: list[Action] = []
+        batch_index = None
+        for actions, ifindex in self.kernel.completed(self.engine, time.monotonic()):
+            if batch and ifindex != batch_index:
+                self.doors.perform(batch, self.interfaces.name_of(batch_index or 0))
+                batch = []
+            batch += actions
+            batch_index = ifindex
+        if batch:
+            self.doors.perform(batch, self.interfaces.name_of(batch_index or 0))
 
     def _poll_timeout_ms(self, now: float, deadline: float | None) -> int:
         wake = min(now + IDLE_WAKEUP, self._next_statistics)

@@ -131,6 +131,10 @@ class Listener:
         now = time.monotonic()
         debug, local, name = self.debug, self._accepted_packed, self.name
         seen = malformed = not_local = 0  # plain locals: this loop runs for every packet
+        # The actions of the whole batch go to the doorkeeper at once: the state file is then
+        # written once per batch, not once per opening door (a thousand knocks completing
+        # together each waited for an fsync, and the ring overflowed meanwhile).
+        pending: list[Action] = []
         for packet in self.capture.packets():
             seen += 1
             if packet is None:
@@ -142,7 +146,9 @@ class Listener:
                     log.debug("packet %s on %s", describe_packet(packet), name)
                 actions = feed(packet, now)
                 if actions:
-                    perform(actions, name)
+                    pending += actions
+        if pending:
+            perform(pending, name)
         counters = self.counters
         counters.malformed += malformed
         counters.not_local += not_local
