@@ -69,13 +69,20 @@ def daemon_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "tportknockd", *args, *engine]
 
 
-@pytest.fixture(params=["python", "kernel"], autouse=True)
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every e2e test runs once with each engine: the Python engine (the specification) and
-    the eBPF program matching in the kernel. `--engine kernel` fails at start-up rather than
-    fall back, so a kernel run is never silently a Python one."""
-    ENGINE["name"] = request.param
-    yield request.param
+    the eBPF program matching in the kernel; `--engine kernel` fails at start-up rather than
+    fall back, so a kernel run is never silently a Python one. A test of the choice itself
+    (marked `engine_choice`) runs once and picks its own `--engine`."""
+    if metafunc.definition.get_closest_marker("engine_choice") is None:
+        metafunc.parametrize("engine", ["python", "kernel"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The engine of this run of the test (see pytest_generate_tests)."""
+    ENGINE["name"] = getattr(request, "param", "python")
+    yield ENGINE["name"]
     ENGINE["name"] = "python"
 
 

@@ -245,3 +245,30 @@ def test_ring_overflow_is_counted_and_the_daemon_reads_on(
         return
     assert stats["kernel_drops"] > 40_000, stats
     daemon.wait_log(r"kernel ring dropped \d+ packets")
+
+
+@pytest.mark.engine_choice
+def test_without_cap_bpf_auto_falls_back_to_python_and_says_why(
+    pair: Pair, tmp_path: Path
+) -> None:
+    config = tmp_path / "k.conf"
+    out = tmp_path / "out"
+    config.write_text(block("ssh", SHORT).replace("{out}", str(out)))
+    # Root without CAP_BPF and CAP_SYS_ADMIN (either lets bpf() load programs).
+    drop = ["setpriv", "--bounding-set=-bpf,-sys_admin", "--inh-caps=-bpf,-sys_admin"]
+    log = tmp_path / "auto.log"
+    with open(log, "w") as stream:
+        proc = pair.popen(pair.server, [*drop, *daemon_argv(
+            "-c", str(config), "-i", pair.server_if, "--state-file", "none", "--engine", "auto")],
+            env=child_env(), stdout=stream, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: "ready:" in log.read_text()), log.read_text()
+        assert "engine: python (the kernel engine cannot run: not allowed to use bpf()" in (
+            log.read_text()), log.read_text()
+        from conftest import knock
+
+        knock(pair, SERVER_V4, *SHORT.split())
+        assert wait_until(lambda: out.exists() and "ssh open" in out.read_text()), log.read_text()
+    finally:
+        proc.terminate()  # ours, by its PID
+        proc.wait(10)

@@ -1,0 +1,45 @@
+"""Choosing the engine: auto falls back and says why, kernel refuses to, python is python."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tportknockd import kernel_matching
+from tportknockd.kernel_engine import CapacityError
+
+
+def refuse(error: BaseException) -> object:
+    def load(*_args: object) -> kernel_matching.KernelMatching:
+        raise error
+
+    return load
+
+
+def test_python_is_never_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_matching, "_load", refuse(AssertionError("not loaded")))
+    assert kernel_matching.choose("python", [], 100) == (None, "engine: python (as asked)")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.EPERM, "Operation not permitted"), "not allowed to use bpf() (needs"),
+        (OSError(errno.EINVAL, "Invalid argument"), "lacks a feature the program needs"),
+        (CapacityError("17 sequences share a frame"), "17 sequences share a frame"),
+    ],
+)
+def test_auto_falls_back_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException, reason: str
+) -> None:
+    monkeypatch.setattr(kernel_matching, "_load", refuse(error))
+    matching, line = kernel_matching.choose("auto", [], 100)
+    assert matching is None
+    assert line.startswith("engine: python (the kernel engine cannot run: ") and reason in line
+
+
+def test_kernel_asked_for_and_impossible_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_matching, "_load", refuse(OSError(errno.EPERM, "no")))
+    with pytest.raises(kernel_matching.KernelEngineError, match="not allowed to use bpf"):
+        kernel_matching.choose("kernel", [], 100)
