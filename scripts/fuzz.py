@@ -94,12 +94,17 @@ def main() -> int:
     started = time.monotonic()
     tally = fuzz_packets(args.packets, seed, failures)
     packets_time = time.monotonic() - started
-    engines = "both engines" if tally.both else "the Python side (no kernel engine)"
+    if tally.both:
+        engines = (
+            f"both engines (and {tally.too_short:,} too short for BPF_PROG_TEST_RUN, "
+            "which the Python side must drop)"
+        )
+    else:
+        engines = "the Python side (no kernel engine)"
     print(
         f"fuzz: {tally.frames:,} packets through {engines} in {packets_time:.0f} s: "
         f"{tally.configs:,} configs, {tally.streams:,} streams, {tally.knocks:,} knocks, "
-        f"{tally.completions:,} completions; {tally.too_short:,} too short for "
-        f"BPF_PROG_TEST_RUN (dropped by both); {tally.parser_only:,} jumbo frames through the "
+        f"{tally.completions:,} completions; {tally.parser_only:,} jumbo frames through the "
         f"parsers alone; {tally.slow_reruns} slow streams run again",
         flush=True,
     )

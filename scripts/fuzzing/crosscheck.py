@@ -202,21 +202,25 @@ def run_stream(
             probe_parsers(step.frame, *step.probe)
         except Exception:
             return Problem(index, "the Python side raised", traceback.format_exc())
-        if kernel is None:
-            if tally:
-                tally.python_only += 1
-            continue
-        problem = kernel_step(kernel, step, expected, python.knocks, index)
-        if problem is not None:
-            return problem
-        if tally and too_short_for_test_run(step.frame):
-            tally.too_short += 1
-        elif tally:
-            tally.both += 1
-            tally.completions += len(expected)
-    if tally and kernel is not None:
+        if kernel is not None:
+            problem = kernel_step(kernel, step, expected, python.knocks, index)
+            if problem is not None:
+                return problem
+        if tally:
+            count(tally, step.frame, expected, kernel is not None)
+    if tally:
         tally.knocks += python.knocks
     return None
+
+
+def count(tally: Tally, frame: bytes, completions: list[tuple[str, str]], kernel: bool) -> None:
+    tally.completions += len(completions)
+    if not kernel:
+        tally.python_only += 1
+    elif too_short_for_test_run(frame):
+        tally.too_short += 1
+    else:
+        tally.both += 1
 
 
 def kernel_step(
