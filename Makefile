@@ -45,10 +45,13 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# Generated and mutated packets and configs against the parsers (EXAMPLES per parser).
-EXAMPLES ?= 25000
+# Generated and mutated packets through both engines, which must agree (the kernel one by
+# BPF_PROG_TEST_RUN, as root; without root the Python one alone), and configs through the
+# parser. A smaller run: make fuzz PACKETS=20000 CONFIGS=2000; SEED=N repeats a run.
+PACKETS ?= 1000000
+CONFIGS ?= 100000
 fuzz: setup
-	$(PY) scripts/fuzz.py --examples $(EXAMPLES)
+	$(PY) scripts/fuzz.py --packets $(PACKETS) --configs $(CONFIGS) $(if $(SEED),--seed $(SEED))
 
 # dist/tportknockd_VERSION_all.deb, with dpkg-deb alone (packaging/build-deb.sh).
 deb:

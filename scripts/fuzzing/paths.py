@@ -1,0 +1,128 @@
+"""The two engines, each fed a frame and the time since the last one.
+
+* PythonPath: what the daemon does with `--engine python`: the classic filter of filter.py
+  (run by tests/bpfvm.py), packet.py's parser on the bytes it passes, the destination check,
+  engine.Engine. Every frame also goes to the parsers unfiltered and in odd slices (the
+  property there: None or a Packet, never an exception).
+* KernelPath: the generated eBPF program, run by the kernel over the same bytes
+  (BPF_PROG_TEST_RUN: nothing is sent), completions read from its ring buffer.
+
+Both answer the completions a frame caused, as (sequence, source) in order, and how many
+frames so far were well-formed knocks to us (the kernel's `knocks` counter).
+
+Time: the kernel's clock is real and cannot be set. Its rules only ever look at
+`now - started`, so instead of moving the present forward by dt, KernelPath moves every
+attempt's start back by dt (as tests/test_kernel_engine.py does): the program under test is
+the one that ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import bpfvm
+import frames_raw as fr
+from tportknockd import bpfsys
+from tportknockd import filter as cbpf
+from tportknockd import kernel_program as kp
+from tportknockd.engine import DoorExtended, Engine, RunStart
+from tportknockd.kernel_engine import KernelMatcher, KnockSequence
+from tportknockd.model import Config, Event, address_bytes, address_text
+from tportknockd.packet import parse_ethernet, parse_ip
+
+Completions = list[tuple[str, str]]
+
+
+class PythonPath:
+    def __init__(self, events: Sequence[Event], local: Sequence[str]) -> None:
+        self.config = Config("fuzz.conf", tuple(events))
+        frames = [frame for event in events for frame in event.frames]
+        self.program = cbpf.compile_filter(frames, local)
+        self.local = {address_bytes(text.split("%")[0]) for text in local}
+        self.reset()
+
+    def reset(self) -> None:
+        self.engine = Engine(self.config)
+        self.now = 0.0
+        self.knocks = 0
+
+    def feed(self, frame: bytes, dt: float) -> Completions:
+        self.now += dt
+        if frame[:6] != fr.HOST_MAC:
+            return []  # capture.py skips what is not PACKET_HOST
+        snap = bpfvm.run(self.program, frame)
+        packet = parse_ethernet(frame[:snap]) if snap else None
+        if packet is None or packet.dst not in self.local:
+            return []
+        self.knocks += packet[2:] in self.engine._table
+        actions = self.engine.feed(packet, self.now)
+        return [(a.event, a.address) for a in actions if isinstance(a, RunStart | DoorExtended)]
+
+
+def probe_parsers(frame: bytes, offset: int, length: int) -> None:
+    """The parsers on the whole frame and on slices of it: they may only answer."""
+    parse_ethernet(frame)
+    parse_ethernet(memoryview(frame), offset, length)
+    parse_ethernet(bytearray(frame), 0, length)
+    parse_ip(frame, offset, length)
+    parse_ip(memoryview(frame), 14)
+
+
+class KernelPath:
+    def __init__(self, matcher: KernelMatcher, events: Sequence[Event], local: Sequence[str]):
+        self.matcher = matcher
+        matcher.set_sequences([KnockSequence(e.name, e.frames, e.timeout) for e in events])
+        matcher.set_local_addresses(local)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every attempt and unread completion."""
+        for attempts in (self.matcher.fresh, self.matcher.advanced):
+            for key in list(attempts.walk_keys()):
+                attempts.delete(key)
+        self.matcher.completions()
+        self.knocks_before = self.matcher.statistics().knocks
+
+    @property
+    def knocks(self) -> int:
+        return self.matcher.statistics().knocks - self.knocks_before
+
+    def feed(self, frame: bytes, dt: float) -> Completions:
+        """Raises TestRunRefused when the kernel will not run the program on the frame."""
+        if dt:
+            self.age(dt)
+        if too_short_for_test_run(frame):
+            raise TooShort
+        retval = self.matcher.program.test_run(frame).retval
+        if retval != 0:
+            raise QueuedSomething(retval)
+        done = self.matcher.completions()
+        return [(str(c.sequence), address_text(c.source)) for c in done]
+
+    def age(self, seconds: float) -> None:
+        """As if `seconds` had passed: every attempt started that much earlier."""
+        for attempts in (self.matcher.fresh, self.matcher.advanced):
+            for key in list(attempts.walk_keys()):
+                value = attempts.lookup(key)
+                if value is None:
+                    continue
+                started, matched = kp.ATTEMPT_VALUE.unpack(value)
+                started -= round(seconds * 1e9)
+                value = kp.ATTEMPT_VALUE.pack(started, matched)
+                attempts.update(key, value, bpfsys.BPF_EXIST)
+
+
+class TooShort(Exception):
+    """BPF_PROG_TEST_RUN refuses the frame (see too_short_for_test_run)."""
+
+
+class QueuedSomething(Exception):
+    """The program returned non-zero: it would have queued the packet on the socket."""
+
+
+def too_short_for_test_run(frame: bytes) -> bool:
+    """BPF_PROG_TEST_RUN refuses (EINVAL) a frame shorter than an Ethernet header, and an
+    untagged IPv4 or IPv6 frame shorter than the fixed IP header; on a socket the program
+    would get it, and drop it."""
+    minimum = {b"\x08\x00": 14 + 20, b"\x86\xdd": 14 + 40}.get(frame[12:14], 14)
+    return len(frame) < minimum
