@@ -85,6 +85,7 @@ class KernelStats:
     ring_full: int  # completions lost: the ring was full
     fresh_deleted: int
     advanced_deleted: int
+    passed: int  # handed to user space whole (headers not in the linear part)
 
 
 def frame_table(

@@ -72,6 +72,7 @@ class KernelMatching:
         return (
             f"kernel_seen={stats.packets} kernel_knocks={stats.knocks} "
             f"kernel_completed={stats.completed} kernel_lost={stats.ring_full} "
+            f"kernel_passed={stats.passed} "
             f"kernel_attempts_fresh={fresh} kernel_attempts_advanced={advanced} "
             f"kernel_evicted_fresh={evicted_fresh} kernel_evicted_advanced={evicted_advanced}"
         )

@@ -116,6 +116,7 @@ class Counter(IntEnum):
     RING_FULL = 9  # completions lost because user space did not read the ring in time
     FRESH_DELETED = 10  # fresh attempts that ended by the rules (broken, expired, completed)
     ADVANCED_DELETED = 11  # the same for advanced attempts
+    PASSED = 12  # handed to user space whole: headers not in the linear part
 
 
 COUNTERS_VALUE = struct.Struct(f"={len(Counter)}Q")
@@ -198,6 +199,11 @@ _ZERO = -76  # u32 0: the key of the counters array
 _IPV4_ADDRESSES = -88  # 8 bytes: an IPv4 source and destination as loaded
 _COUNTERS = -96  # spilled pointer to this CPU's counters
 _RECORD = -128  # ring buffer record: ATTEMPT_KEY -128..-105, ifindex -104, padding -100
+_PROBE = -128 - 64  # PROBE_BYTES read to see whether the headers are in the linear part
+#: How much of a packet must be linear for the program to read it (see _pass_unreadable).
+PROBE_BYTES = 58
+#: What the program returns to hand a packet to user space whole.
+PASS_WHOLE = 0xFFFF
 
 _HIT_TIMEOUT, _HIT_MASK, _HIT_NUMBER, _HIT_LENGTH = 0, 8, 16, 20
 
@@ -237,6 +243,7 @@ class _Generator:
         asm.mov(_CTX, R1)
         self._count_packet()
         self._check_packet_type()
+        self._pass_unreadable()
         ipv4, ipv6, l4 = asm.label("ipv4"), asm.label("ipv6"), asm.label("l4")
         self._link_layer(ipv4, ipv6)
         asm.place(ipv4)
@@ -281,6 +288,31 @@ class _Generator:
     def _check_packet_type(self) -> None:
         self.asm.load("w", R0, _CTX, 4)  # struct __sk_buff: pkt_type
         self.asm.jmp(R0, "!=", PACKET_HOST, self.drop)
+
+    def _pass_unreadable(self) -> None:
+        """Hand a packet whose headers are not all in the linear part of its buffer (a
+        zero-copy sender's, over veth) to user space whole: the program's loads read only the
+        linear part, so it could not match it, and the Python engine can. Probed: the first
+        min(len, PROBE_BYTES) bytes from the link-layer header (enough for Ethernet, an
+        802.1Q tag, IPv4 and TCP headers without options)."""
+        asm = self.asm
+        readable = asm.label("readable")
+        asm.load("w", R4, _CTX, 0)  # struct __sk_buff: len
+        short = asm.label("short")
+        asm.jmp(R4, "<=", PROBE_BYTES, short)
+        asm.mov(R4, PROBE_BYTES)
+        asm.place(short)
+        asm.jmp(R4, "==", 0, self.drop)
+        asm.mov(R1, _CTX)
+        asm.mov(R2, 0)
+        asm.mov(R3, FP)
+        asm.alu(R3, "+", _PROBE)
+        asm.mov(R5, BPF_HDR_START_MAC)
+        asm.call(SKB_LOAD_BYTES_RELATIVE)
+        asm.jmp(R0, "==", 0, readable)
+        self._increment(Counter.PASSED)
+        asm.ret(PASS_WHOLE)
+        asm.place(readable)
 
     def _link_layer(self, ipv4: Label, ipv6: Label) -> None:
         """_VAL = where the IP header starts; branch on the ethertype (one 802.1Q tag)."""
