@@ -13,9 +13,10 @@ from bench.scenarios import Scenario
 from bench.settings import TARGETS
 from bench.summary import Outcome, Summaries
 
-COLORS = {"knockd": "#d62728", "tportknockd": "#1f77b4"}
+COLORS = {"knockd": "#d62728", "tportknockd": "#1f77b4", "tportknockd-python": "#1f77b4",
+          "tportknockd-kernel": "#2ca02c"}
 #: For daemons without a colour of their own (another engine, other options).
-SPARE_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+SPARE_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#17becf")
 SPAN = 0.72  # of each scenario's slot on the x axis, shared by the daemons' bars
 
 
