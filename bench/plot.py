@@ -40,7 +40,7 @@ def plot(path: Path, scenarios: Sequence[Scenario], daemons: Sequence[str],
     plt: Any = importlib.import_module("matplotlib.pyplot")
 
     shown = [s for s in scenarios if s.key in sums]
-    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(11, 12))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(13, 12))
     _latency(top, shown, daemons, outcomes)
     _opened(middle, shown, daemons, sums)
     _cpu(bottom, shown, daemons, sums)
@@ -94,7 +94,7 @@ def _opened(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str],
         groups.append((scenario, "detected"))
         if scenario.rows.flag_door:
             groups.append((scenario, "ece_opened"))
-    labels = [s.label if what == "detected" else f"{s.key} +ECE (must stay shut)"
+    labels = [s.label if what == "detected" else f"{s.key} +ECE (stay shut)"
               for s, what in groups]
     for offset, name in zip(shifts, daemons, strict=True):
         positions, fractions, texts = [], [], []
@@ -131,7 +131,7 @@ def _cpu(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str], sums: Summa
                       label=name)
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+                        ha="center", va="bottom", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("daemon CPU (s, log)")
     ax.set_title("Daemon CPU time per scenario")
