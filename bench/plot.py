@@ -111,7 +111,7 @@ def _opened(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str],
         bars = ax.bar(positions, fractions, width, color=palette[name], label=name)
         for bar, text in zip(bars, texts, strict=True):
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+                        ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("opened / sent")
     ax.set_title("Knocks that opened the door")
