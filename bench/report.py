@@ -127,7 +127,7 @@ class _Section:
                  pairs: Sequence[tuple[int, int]] | None = None) -> None:
         self.summaries = [by_daemon.get(name) for name in daemons]
         self.applies = [applies(name) for name in daemons]
-        self.pairs_ = default_pairs(daemons) if pairs is None else list(pairs)
+        self.ratio_pairs = default_pairs(daemons) if pairs is None else list(pairs)
         self.rows: list[Row] = []
 
     def _add(self, label: str, values: Sequence[str], target: str,
@@ -137,10 +137,10 @@ class _Section:
         self.rows.append(Row(label, shown, target, tuple(ratios)))
 
     def _ratios(self, found: Sequence[float | None]) -> list[str]:
-        return [ratio(found[a], found[b]) for a, b in self.pairs_]
+        return [ratio(found[a], found[b]) for a, b in self.ratio_pairs]
 
     def _no_ratios(self) -> list[str]:
-        return ["—" for _ in self.pairs_]
+        return ["—" for _ in self.ratio_pairs]
 
     def pairs(self, label: str, name: str, target: str = "",
               ok: Callable[[Sequence[int] | None], bool | None] = lambda _: None) -> None:
