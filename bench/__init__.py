@@ -1,4 +1,5 @@
-"""`make bench`: tportknockd and knockd side by side, on the same knocks and the same floods.
+"""`make bench`: tportknockd (with each engine, python and kernel) and knockd side by side, on
+the same knocks and the same floods.
 
 The parts, each in its own module:
 
@@ -9,6 +10,7 @@ The parts, each in its own module:
 - `measure`   — CPU, memory, the capture of sent knocks and the detections;
 - `scenarios` — what each scenario sends, and which rows (with targets) it has in the report;
 - `runner`    — each scenario against each daemon, with a fresh daemon and measurements;
+- `kernel_cost` — the kernel engine's cost per packet (BPF_PROG_TEST_RUN; a script too);
 - `summary`   — per-scenario figures (detections, latency percentiles, CPU per packet);
 - `report`    — the Markdown table, the JSON file; `plot` — the figure;
 - `cli`       — the command line; `run` — the script `make bench` runs.

@@ -14,13 +14,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.daemons import DAEMONS
+from bench.daemons import DAEMONS, KERNEL_COLUMN
+from bench.kernel_cost import KernelCost, describe, measure
 from bench.measure import machine
 from bench.plot import plot
 from bench.report import Table, closing_line, render_markdown, results_json, write
 from bench.runner import run_all
 from bench.scenarios import SCENARIOS
-from bench.settings import GENERATOR_CPU, RESULTS, Settings
+from bench.settings import GENERATOR_CPU, KERNEL_COST_REPEAT, RESULTS, Settings
 from bench.summary import Outcome, overall, summarize_all
 from bench.testbed import Processes, Testbed
 
@@ -79,10 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = set(args.daemons.split(","))
     daemons = [d for d in DAEMONS if d.name in chosen]
     os.sched_setaffinity(0, {GENERATOR_CPU})
+    began = time.monotonic()
+    cost = kernel_cost(settings) if any(d.name == KERNEL_COLUMN for d in daemons) else None
     workdir = Path(tempfile.mkdtemp(prefix="tpk-bench-"))
     procs = Processes()
     outcomes: list[Outcome] = []
-    began = time.monotonic()
     try:
         with Testbed() as bed:
             try:
@@ -97,17 +99,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"working files kept in {workdir}")
     # Every daemon known gets its column, run or not (an unrun one shows "—").
     table = Table(SCENARIOS, [d.name for d in DAEMONS], settings)
-    report(table, outcomes, args.out, time.monotonic() - began)
+    report(table, outcomes, cost, args.out, time.monotonic() - began)
     return 0
 
 
-def report(table: Table, outcomes: list[Outcome], out: Path, seconds: float) -> None:
+def kernel_cost(settings: Settings) -> KernelCost:
+    """The kernel engine's cost per packet (BPF_PROG_TEST_RUN; nothing is sent), measured
+    before any traffic runs."""
+    print(f"kernel cost per packet (BPF_PROG_TEST_RUN, repeat {KERNEL_COST_REPEAT:,}) ...",
+          flush=True)
+    cost = measure(KERNEL_COST_REPEAT, settings.kernel_cost_sources, settings.kernel_cost_rounds)
+    print("\n".join("    " + line for line in describe(cost)), flush=True)
+    return cost
+
+
+def report(table: Table, outcomes: list[Outcome], cost: KernelCost | None, out: Path,
+           seconds: float) -> None:
     sums = summarize_all(outcomes)
     whole = overall(outcomes, table.daemons)
     info = machine()
     info["run_seconds"] = f"{seconds:.0f}"
-    markdown = render_markdown(table, info, sums, whole) + closing_line(seconds, table.settings)
-    md, js = write(out, markdown, results_json(info, table.settings, sums, whole, outcomes))
+    markdown = (render_markdown(table, info, sums, whole, cost)
+                + closing_line(seconds, table.settings))
+    md, js = write(out, markdown,
+                   results_json(info, table.settings, sums, whole, outcomes, cost))
     png = out / "latest.png"
     plot(png, table.scenarios, table.daemons, outcomes, sums)
     print()

@@ -3,7 +3,8 @@
 A daemon here is a description (no test bed, no processes): the scenario runner starts it in
 the server namespace. `DAEMONS` is the set compared, in the report's column order; the first
 is the reference the others are measured against. Another column is another entry, e.g. the
-same daemon with other options: `Tportknockd("tportknockd-kernel", ("--engine", "kernel"))`.
+same daemon with another engine or other options. tportknockd runs twice, once per engine
+(`--engine python`, `--engine kernel`); each run checks the engine its log line names.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Running:
     startup_s: float
     lines: list[str]
     reader: threading.Thread
+    engine: str = ""  # what the daemon says it matches with ("" if it does not say)
 
 
 class Daemon:
@@ -54,6 +56,11 @@ class Daemon:
 
     def statistics(self, lines: list[str]) -> dict[str, int]:
         return {}
+
+    def engine(self, run: Running) -> str:
+        """Once ready: the engine the daemon says it runs ("" if it does not say). Raises
+        RuntimeError when it is not the one this column stands for."""
+        return ""
 
     def statistics_now(self, run: Running) -> dict[str, int]:
         """The daemon's counters at this moment, where it can tell them ({} otherwise)."""
@@ -78,6 +85,7 @@ class Daemon:
                 raise RuntimeError(f"{self.name} did not start:\n" + "".join(lines))
             time.sleep(0.001)
         run.startup_s = time.monotonic() - started
+        run.engine = self.engine(run)
         return run
 
     def stop(self, run: Running) -> dict[str, int]:
@@ -148,21 +156,45 @@ def parse_statistics(lines: list[str]) -> dict[str, int]:
     return {}
 
 
-class Tportknockd(Daemon):
-    """This project's daemon, from this checkout; `options` are added to its command line."""
+def engine_line(lines: list[str]) -> str | None:
+    """What follows `engine: ` in tportknockd's log (logged right before `ready:`), e.g.
+    "kernel (eBPF socket filter, ...)"; None if there is no such line."""
+    for line in lines:
+        found = re.search(r"(?:INFO|:) engine: (.*)", line)
+        if found:
+            return found.group(1).strip()
+    return None
 
-    def __init__(self, name: str = "tportknockd", options: tuple[str, ...] = ()) -> None:
-        self.name, self.options = name, options
+
+class Tportknockd(Daemon):
+    """This project's daemon, from this checkout, with `--engine ENGINE` when `engine` is
+    given (and that engine checked at start); `options` are added to its command line."""
+
+    def __init__(self, name: str = "tportknockd", engine: str | None = None,
+                 options: tuple[str, ...] = ()) -> None:
+        self.name, self.engine_wanted, self.options = name, engine, options
 
     def config(self, out: Path) -> str:
         return tportknockd_config(out)
 
     def argv(self, conf: Path, interface: str) -> list[str]:
+        engine = ("--engine", self.engine_wanted) if self.engine_wanted else ()
         return [sys.executable, "-m", "tportknockd", "-c", str(conf), "-i", interface,
-                "--state-file", "none", *self.options]
+                "--state-file", "none", *engine, *self.options]
 
     def is_ready(self, run: Running) -> bool:
         return any(" ready: " in line for line in run.lines)
+
+    def engine(self, run: Running) -> str:
+        line = engine_line(run.lines)
+        if line is None:
+            raise RuntimeError(f"{self.name}: no 'engine:' line before 'ready:':\n"
+                               + "".join(run.lines))
+        named = line.split(" ", 1)[0]
+        if self.engine_wanted and named != self.engine_wanted:
+            raise RuntimeError(f"{self.name} should run the {self.engine_wanted} engine, and "
+                               f"runs: engine: {line}")
+        return line
 
     def statistics(self, lines: list[str]) -> dict[str, int]:
         return parse_statistics(lines)
@@ -201,5 +233,14 @@ class Knockd(Daemon):
         return number in ("7", "271")  # poll, ppoll (x86-64)
 
 
+#: tportknockd's columns, one per engine.
+TPORTKNOCKD_PYTHON = Tportknockd("tportknockd-python", "python")
+TPORTKNOCKD_KERNEL = Tportknockd("tportknockd-kernel", "kernel")
 #: The daemons compared, in column order; the first (knockd) is the reference.
-DAEMONS: tuple[Daemon, ...] = (Knockd(), Tportknockd())
+DAEMONS: tuple[Daemon, ...] = (Knockd(), TPORTKNOCKD_PYTHON, TPORTKNOCKD_KERNEL)
+#: The columns of tportknockd (scenarios for tportknockd alone run for each of them).
+TPORTKNOCKD_COLUMNS = tuple(d.name for d in DAEMONS if isinstance(d, Tportknockd))
+#: The two engines, compared with each other too (a ratio column of their own).
+ENGINE_PAIR = (TPORTKNOCKD_KERNEL.name, TPORTKNOCKD_PYTHON.name)
+#: The column the kernel cost per packet (bench.kernel_cost) belongs to.
+KERNEL_COLUMN = TPORTKNOCKD_KERNEL.name

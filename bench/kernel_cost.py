@@ -1,7 +1,8 @@
 """Kernel cost per packet of the kernel engine, measured by the kernel (BPF_PROG_TEST_RUN).
 
-    sudo .venv/bin/python bench/kernel_cost.py [--repeat N] [--sources N]
+    sudo .venv/bin/python bench/kernel_cost.py [--repeat N] [--sources N] [--rounds N]
 
+`make bench` runs the same measurement (`measure`) and reports it beside the scenarios.
 Nothing is sent: the program runs over frames in memory. The config is the README's `ssh`
 example (first frame udp:1234). Rows:
 
@@ -18,7 +19,7 @@ example (first frame udp:1234). Rows:
   all other traffic pays.
 
 Each figure is the best of `--rounds` (the machine is shared; the best run is the one least
-disturbed).
+disturbed). This module imports nothing of the bench, so that it also runs as a script.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import os
 import statistics
 import struct
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 from tportknockd import bpfsys
 from tportknockd import kernel_program as kp
@@ -45,6 +48,34 @@ SSH = (
     Frame(PROTO_TCP, 434, 0x3F),
     Frame(PROTO_TCP, 2345, 0),
 )
+
+#: The rows, in order: key, label. The keys name the figures in `KernelCost.rows`.
+ROWS = (
+    ("first_same", "first frame, same source (repeat)"),
+    ("no_knock_port", "no knock: unused port (repeat)"),
+    ("no_knock_address", "no knock: not our address (repeat)"),
+    ("first_inserted", "first frame, inserted every run (repeat)"),
+    ("first_new_source", "first frame, new source each run"),
+)
+
+
+@dataclass
+class KernelCost:
+    """What one measurement found: nanoseconds per packet by row key, and the set-up."""
+
+    instructions: int
+    repeat: int
+    sources: int
+    rounds: int
+    rows: dict[str, float] = field(default_factory=dict)  # key of ROWS -> ns per packet
+    fresh_held: int = 0  # fresh attempts in the map at the end
+    fresh_capacity: int = 0
+    started: int = 0  # attempts the program started
+    map_mib: float = 0.0  # the attempt maps and the ring buffer, kernel memory
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KernelCost:
+        return cls(**data)
 
 
 def udp_frame(source: str, destination: str, port: int) -> bytes:
@@ -81,8 +112,60 @@ def spoofed_sources(count: int, offset: int) -> list[str]:
     return [str(ipaddress.IPv4Address(base + (offset + i) % (1 << 17))) for i in range(count)]
 
 
+def measure(repeat: int = 1_000_000, sources: int = 100_000, rounds: int = 5) -> KernelCost:
+    """Load the kernel engine's program for the `ssh` example and time each row (root)."""
+    capacity = Capacity()
+    empty = Assembler()
+    empty.ret(0)
+    baseline = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, empty.assemble())
+    try:
+        with KernelMatcher(capacity) as matcher:
+            matcher.set_sequences([KnockSequence("ssh", SSH, 10.0)])
+            matcher.set_local_addresses([SERVER])
+            cost = KernelCost(matcher.instructions, repeat, sources, rounds)
+            _time_rows(cost, matcher, baseline)
+            cost.started = matcher.statistics().started
+            cost.fresh_held = matcher.attempts_held()[0]
+    finally:
+        baseline.close()
+    cost.fresh_capacity = capacity.fresh_attempts
+    cost.map_mib = capacity.map_bytes() / (1 << 20)
+    return cost
+
+
+def _time_rows(cost: KernelCost, matcher: KernelMatcher, baseline: bpfsys.Program) -> None:
+    program, repeat, rounds = matcher.program, cost.repeat, cost.rounds
+    first = udp_frame("198.51.100.7", SERVER, 1234)
+    cost.rows["first_same"] = best_repeated(program, first, repeat, rounds)
+    cost.rows["no_knock_port"] = best_repeated(
+        program, udp_frame("198.51.100.7", SERVER, 9), repeat, rounds)
+    cost.rows["no_knock_address"] = best_repeated(
+        program, udp_frame("198.51.100.7", "198.51.100.9", 1234), repeat, rounds)
+    expire_at_once(matcher)
+    cost.rows["first_inserted"] = best_repeated(program, first, repeat, rounds)
+    flood_costs = []
+    for round_index in range(rounds):
+        frames = [udp_frame(source, SERVER, 1234)
+                  for source in spoofed_sources(cost.sources, round_index * cost.sources)]
+        empty_cost = single_runs(baseline, frames[: len(frames) // 10])
+        flood_costs.append(single_runs(program, frames) - empty_cost)
+    cost.rows["first_new_source"] = min(flood_costs)
+
+
+def describe(cost: KernelCost) -> list[str]:
+    """The measurement as lines for people."""
+    lines = [f"kernel engine, {cost.instructions} instructions; repeat {cost.repeat:,}, "
+             f"{cost.sources:,} spoofed sources, best of {cost.rounds}"]
+    for key, label in ROWS:
+        lines.append(f"  {label:<42} {cost.rows[key] / 1000:6.3f} µs")
+    lines.append(f"  attempts held: {cost.fresh_held:,} fresh (of {cost.fresh_capacity:,}); "
+                 f"started {cost.started:,}")
+    lines.append(f"  attempt maps and ring: ~{cost.map_mib:.1f} MiB of kernel memory")
+    return lines
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1_000_000)
     parser.add_argument("--sources", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -90,45 +173,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (the bpf system call)", file=sys.stderr)
         return 1
-    capacity = Capacity()
-    empty = Assembler()
-    empty.ret(0)
-    baseline = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, empty.assemble())
-    with KernelMatcher(capacity) as matcher:
-        matcher.set_sequences([KnockSequence("ssh", SSH, 10.0)])
-        matcher.set_local_addresses([SERVER])
-        program = matcher.program
-        first = udp_frame("198.51.100.7", SERVER, 1234)
-        rows: list[tuple[str, float]] = [
-            ("first frame, same source (repeat)",
-             best_repeated(program, first, args.repeat, args.rounds)),
-            ("no knock: unused port (repeat)",
-             best_repeated(program, udp_frame("198.51.100.7", SERVER, 9), args.repeat,
-                           args.rounds)),
-            ("no knock: not our address (repeat)",
-             best_repeated(program, udp_frame("198.51.100.7", "198.51.100.9", 1234),
-                           args.repeat, args.rounds)),
-        ]  # fmt: skip
-        expire_at_once(matcher)
-        rows.append(("first frame, inserted every run (repeat)",
-                     best_repeated(program, first, args.repeat, args.rounds)))  # fmt: skip
-        flood_costs = []
-        for round_index in range(args.rounds):
-            sources = spoofed_sources(args.sources, round_index * args.sources)
-            frames = [udp_frame(source, SERVER, 1234) for source in sources]
-            empty_cost = single_runs(baseline, frames[: len(frames) // 10])
-            flood_costs.append(single_runs(program, frames) - empty_cost)
-        rows.append(("first frame, new source each run", min(flood_costs)))
-        stats = matcher.statistics()
-        fresh, advanced = matcher.attempts_held()
-    baseline.close()
-    print(f"kernel engine, {matcher.instructions} instructions; repeat {args.repeat:,}, "
-          f"{args.sources:,} spoofed sources, best of {args.rounds}")  # fmt: skip
-    for name, nanoseconds in rows:
-        print(f"  {name:<42} {nanoseconds / 1000:6.3f} µs")
-    print(f"  attempts held: {fresh:,} fresh (of {capacity.fresh_attempts:,}), "
-          f"{advanced:,} advanced; started {stats.started:,}")  # fmt: skip
-    print(f"  attempt maps and ring: ~{capacity.map_bytes() / (1 << 20):.1f} MiB of kernel memory")
+    print("\n".join(describe(measure(args.repeat, args.sources, args.rounds))))
     return 0
 
 

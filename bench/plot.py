@@ -13,9 +13,10 @@ from bench.scenarios import Scenario
 from bench.settings import TARGETS
 from bench.summary import Outcome, Summaries
 
-COLORS = {"knockd": "#d62728", "tportknockd": "#1f77b4"}
+COLORS = {"knockd": "#d62728", "tportknockd": "#1f77b4", "tportknockd-python": "#1f77b4",
+          "tportknockd-kernel": "#2ca02c"}
 #: For daemons without a colour of their own (another engine, other options).
-SPARE_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+SPARE_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#17becf")
 SPAN = 0.72  # of each scenario's slot on the x axis, shared by the daemons' bars
 
 
@@ -39,7 +40,7 @@ def plot(path: Path, scenarios: Sequence[Scenario], daemons: Sequence[str],
     plt: Any = importlib.import_module("matplotlib.pyplot")
 
     shown = [s for s in scenarios if s.key in sums]
-    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(11, 12))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(13, 12))
     _latency(top, shown, daemons, outcomes)
     _opened(middle, shown, daemons, sums)
     _cpu(bottom, shown, daemons, sums)
@@ -93,7 +94,7 @@ def _opened(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str],
         groups.append((scenario, "detected"))
         if scenario.rows.flag_door:
             groups.append((scenario, "ece_opened"))
-    labels = [s.label if what == "detected" else f"{s.key} +ECE (must stay shut)"
+    labels = [s.label if what == "detected" else f"{s.key} +ECE (stay shut)"
               for s, what in groups]
     for offset, name in zip(shifts, daemons, strict=True):
         positions, fractions, texts = [], [], []
@@ -110,7 +111,7 @@ def _opened(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str],
         bars = ax.bar(positions, fractions, width, color=palette[name], label=name)
         for bar, text in zip(bars, texts, strict=True):
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+                        ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("opened / sent")
     ax.set_title("Knocks that opened the door")
@@ -130,7 +131,7 @@ def _cpu(ax: Any, shown: Sequence[Scenario], daemons: Sequence[str], sums: Summa
                       label=name)
         for bar, value in zip(bars, values, strict=True):
             ax.annotate(f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+                        ha="center", va="bottom", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("daemon CPU (s, log)")
     ax.set_title("Daemon CPU time per scenario")

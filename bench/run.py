@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make bench`: tportknockd and knockd side by side, on the same knocks and the same floods.
+"""`make bench`: tportknockd and knockd side by side, on the same knocks and the same floods;
+tportknockd twice, with `--engine python` and with `--engine kernel`.
 
 Everything happens between two network namespaces that the bench creates and joins with
 one veth pair (created inside the server namespace, its peer put straight into the client

@@ -58,7 +58,7 @@ def run_scenario(ctx: Context, scenario: Scenario, daemon: Daemon) -> Outcome:
     run = daemon.start(ctx.bed, ctx.procs, conf, scenario.config(daemon, ctx, out))
     ctx.daemon, ctx.run, ctx.conf = daemon, run, conf
     pid = run.proc.pid
-    outcome.startup_s = run.startup_s
+    outcome.startup_s, outcome.engine = run.startup_s, run.engine
     try:
         time.sleep(0.3)  # let start-up work (imports, first poll) settle out of the window
         outcome.rss_start_kb = memory_kb(pid)["VmRSS"]

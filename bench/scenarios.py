@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench.daemons import Daemon, Running
+from bench.daemons import TPORTKNOCKD_COLUMNS, Daemon, Running
 from bench.measure import Capture
 from bench.onetime import event_name, flood_target, next_change_after, tportknockd_otp_config
 from bench.settings import DOOR, KNOCK_V4, KNOCK_V6, MOVE_SNAPSHOT_DELAY_S, Settings
@@ -73,6 +73,7 @@ class Rows:
     per_read_packet: bool = False  # CPU per packet the daemon read from its ring
     per_packet_target: str | None = None
     no_ring_drops: bool = False
+    kernel_counters: bool = False  # what the kernel engine's program saw, matched, evicted
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,11 @@ def drive_flags(ctx: Context) -> list[Knock]:
     return knocks
 
 
-SPOOF_ROWS = Rows(all_detected=True, during_after=True, flood=True, per_read_packet=True)
+SPOOF_ROWS = Rows(all_detected=True, during_after=True, flood=True, per_read_packet=True,
+                  kernel_counters=True)
 OTP_ROWS = replace(SPOOF_ROWS, window_move=True)
+#: Scenario f is for tportknockd alone (knockd has no time-based sequences): both engines.
+ONE_TIME_CONFIGS: Mapping[str, ConfigMaker] = {name: otp_config for name in TPORTKNOCKD_COLUMNS}
 
 SCENARIOS = (
     Scenario("a", "(a) {idle_knocks} knocks at idle", "a idle", drive_idle,
@@ -235,7 +239,8 @@ SCENARIOS = (
     Scenario("b", "(b) non-knock flood at full rate, {noise_knocks} knocks during it",
              "b noise flood", drive_noise,
              # The daemon reads only the knocks here: no per-packet cost to see.
-             Rows(all_detected=True, cpu_target="noise_cpu_s", flood=True), flood_wait=True),
+             Rows(all_detected=True, cpu_target="noise_cpu_s", flood=True, kernel_counters=True),
+             flood_wait=True),
     Scenario("c10k", "(c) spoofed first frames at 10k pps, {during_knocks} knocks during and "
              "{after_knocks} right after", "c spoof 10k pps",
              lambda ctx: drive_spoof(ctx, ctx.settings.slow_pps),
@@ -243,8 +248,9 @@ SCENARIOS = (
     Scenario("cfull", "(c) spoofed first frames at full rate, {during_knocks} knocks during "
              "and {after_knocks} right after", "c spoof full rate",
              lambda ctx: drive_spoof(ctx, None),
-             replace(SPOOF_ROWS, per_packet_target="spoof_full_us_per_packet",
-                     no_ring_drops=True), flood_wait=True),
+             replace(SPOOF_ROWS, cpu_target="spoof_full_cpu_s",
+                     per_packet_target="spoof_full_us_per_packet", no_ring_drops=True),
+             flood_wait=True),
     Scenario("d", "(d) flag exactness, door tcp/110 URG+PSH then udp/111: {flag_knocks} exact "
              "knocks, {flag_knocks} with URG+PSH+ECE", "d flags (exact)", drive_flags,
              Rows(flag_door=True, all_detected=True)),
@@ -253,10 +259,10 @@ SCENARIOS = (
              "at 10k pps across a window change, {during_knocks} knocks during and "
              "{after_knocks} right after", "f OTP 10k pps",
              lambda ctx: drive_otp_flood(ctx, ctx.settings.slow_pps), OTP_ROWS,
-             flood_wait=True, daemons=("tportknockd",), configs={"tportknockd": otp_config}),
+             flood_wait=True, daemons=TPORTKNOCKD_COLUMNS, configs=ONE_TIME_CONFIGS),
     Scenario("ffull", "(f) one-time door: spoofed copies of the previous window's first "
              "frame at full rate across a window change, {during_knocks} knocks during and "
              "{after_knocks} right after", "f OTP full rate",
              lambda ctx: drive_otp_flood(ctx, None), OTP_ROWS,
-             flood_wait=True, daemons=("tportknockd",), configs={"tportknockd": otp_config}),
+             flood_wait=True, daemons=TPORTKNOCKD_COLUMNS, configs=ONE_TIME_CONFIGS),
 )

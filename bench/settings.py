@@ -41,17 +41,24 @@ OTP_WINDOW = 10
 #: kernel passed before that moment belongs to the old window, what it passed after to the new.
 MOVE_SNAPSHOT_DELAY_S = 0.25
 
-#: The figures tportknockd is held to (✓/✗ in the report).
+#: The figures tportknockd is held to (✓/✗ in the report, for each of its columns). The
+#: spoofed-flood CPU targets and the kernel cost are issue 8's (matching in the kernel); the
+#: 1.6 µs per flood packet is the older target of the Python loop.
 TARGETS = {
     "idle_median_ms": 3.0,
     "idle_p95_ms": 5.0,
     "noise_cpu_s": 0.05,
-    "spoof10k_cpu_s": 0.2,
+    "spoof10k_cpu_s": 0.05,
+    "spoof_full_cpu_s": 0.1,
     "spoof_full_us_per_packet": 1.6,
+    "kernel_first_frame_us": 0.2,
     "rss_idle_mb": 20.0,
     "rss_peak_mb": 48.0,
     "startup_s": 0.3,
 }
+#: The kernel cost per packet (bench.kernel_cost): runs of the program per BPF_PROG_TEST_RUN
+#: call (issue 8: at least a million).
+KERNEL_COST_REPEAT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,15 @@ class Settings:
     slow_pps: int = 10_000
     idle_wait_s: float = 3.0
     flood_wait_s: float = 12.0
+    #: The kernel cost: best of this many rounds; spoofed sources for the new-source row.
+    kernel_cost_rounds: int = 5
+    kernel_cost_sources: int = 100_000
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(idle_knocks=5, noise_knocks=5, during_knocks=3, after_knocks=3,
-                   flag_knocks=2, v6_knocks=2, flood_s=3.0, idle_wait_s=2.0, flood_wait_s=5.0)
+                   flag_knocks=2, v6_knocks=2, flood_s=3.0, idle_wait_s=2.0, flood_wait_s=5.0,
+                   kernel_cost_rounds=2, kernel_cost_sources=20_000)
 
     @property
     def is_quick(self) -> bool:

@@ -3,6 +3,7 @@ detected, latency percentiles, CPU per flood packet; and per daemon over the who
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,36 @@ class Outcome:
     #: The daemon's counters taken during the run, by name: "at" (Unix time), its
     #: statistics, and "knock_packets_after" (knock packets sent from then on).
     snapshots: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The engine the daemon said it runs (tportknockd's `engine:` line; "" for knockd).
+    engine: str = ""
+
+
+def engine_name(line: str) -> str | None:
+    """"kernel" or "python" from an engine line; None without one."""
+    return line.split(" ", 1)[0] or None
+
+
+def kernel_memory_mib(line: str) -> float | None:
+    """The kernel memory of the kernel engine's maps, as its engine line gives it."""
+    found = re.search(r"about ([\d.]+) MiB of kernel memory", line)
+    return float(found.group(1)) if found else None
+
+
+def passed_counter(statistics: dict[str, int]) -> str:
+    """The counter of packets taken for knock frames in the kernel: with the kernel engine,
+    those its program matched (`kernel_knocks`); with the Python one, those the classic filter
+    passed to the ring (`kernel_packets`)."""
+    return "kernel_knocks" if "kernel_knocks" in statistics else "kernel_packets"
+
+
+#: The kernel engine's own counters shown in the report: summary key -> statistics name.
+KERNEL_COUNTERS = {
+    "kernel_seen": "kernel_seen",
+    "kernel_matched": "kernel_knocks",
+    "kernel_evicted_fresh": "kernel_evicted_fresh",
+    "kernel_evicted_advanced": "kernel_evicted_advanced",
+    "kernel_lost": "kernel_lost",
+}
 
 
 def latency_stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -75,19 +106,24 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         # Per packet the daemon actually read (tportknockd's count; the rest the ring dropped).
         "us_per_read_packet": (outcome.cpu_s / outcome.statistics["packets"] * 1e6
                                if flood and outcome.statistics.get("packets") else None),
-        "kernel_passed": outcome.statistics.get("kernel_packets"),
+        "kernel_passed": outcome.statistics.get(passed_counter(outcome.statistics)),
         **window_move(outcome),
+        "engine": engine_name(outcome.engine),
+        "kernel_memory_mib": kernel_memory_mib(outcome.engine),
+        **{key: outcome.statistics.get(name) for key, name in KERNEL_COUNTERS.items()},
     }
 
 
 def window_move(outcome: Outcome) -> dict[str, int | None]:
-    """What the kernel filter passed to the daemon before the one-time window moved, and the
-    flood packets it passed after (all it passed then, less the knocks' own packets)."""
+    """The packets taken for knock frames in the kernel (`passed_counter`) before the one-time
+    window moved, and the flood packets taken after (all taken then, less the knocks' own
+    packets)."""
     moved = outcome.snapshots.get("window_moved")
-    total = outcome.statistics.get("kernel_packets")
-    if moved is None or total is None:
+    counter = passed_counter(outcome.statistics)
+    total = outcome.statistics.get(counter)
+    if moved is None or total is None or counter not in moved:
         return {"kernel_passed_before_move": None, "flood_passed_after_move": None}
-    before = int(moved["kernel_packets"])
+    before = int(moved[counter])
     return {"kernel_passed_before_move": before,
             "flood_passed_after_move": total - before - int(moved["knock_packets_after"])}
 
@@ -99,10 +135,10 @@ def summarize_all(outcomes: Sequence[Outcome]) -> Summaries:
     return sums
 
 
-def overall(outcomes: Sequence[Outcome],
-            daemons: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """Per daemon (those that ran, in `daemons`' order): start-up and memory over all scenarios."""
-    result: dict[str, dict[str, float | None]] = {}
+def overall(outcomes: Sequence[Outcome], daemons: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per daemon (those that ran, in `daemons`' order): start-up and memory over all
+    scenarios, the engine it ran and its kernel memory (the kernel engine's maps)."""
+    result: dict[str, dict[str, Any]] = {}
     for name in daemons:
         mine = [o for o in outcomes if o.daemon == name]
         if not mine:
@@ -112,5 +148,10 @@ def overall(outcomes: Sequence[Outcome],
             "startup_max_s": max(o.startup_s for o in mine),
             "rss_idle_mb": statistics.median(o.rss_start_kb for o in mine) / 1024,
             "rss_peak_mb": max(o.rss_peak_kb for o in mine) / 1024,
+            "engine": " / ".join(sorted({engine_name(o.engine) or "" for o in mine}))
+            or None,
+            "kernel_memory_mib": max((m for o in mine
+                                      if (m := kernel_memory_mib(o.engine)) is not None),
+                                     default=None),
         }
     return result

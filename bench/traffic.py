@@ -3,6 +3,12 @@ namespace and pinned to the generator CPU.
 
 Every flood is bounded twice: by a packet count (trafgen -n) and by time (timeout). Spoofed
 sources come only from 198.18.0.0/15; every frame names the server veth's MAC.
+
+Floods go out by sendto(2) (trafgen's slow path, one worker), never by its TX_RING: a packet
+sent from a TX_RING reaches the veth's peer with everything after the Ethernet header in page
+fragments, which no NIC's receive path produces and which the kernel engine's program does
+not read (its packet loads reach the linear part only). A packet sent by sendto(2) arrives
+whole in the linear part, as a NIC's small packets do.
 """
 
 from __future__ import annotations
@@ -106,9 +112,9 @@ def noise_config(server_mac: str) -> str:
             f"  ipv4(sa=198.18.0.1, sa=drnd({SPOOF_BASE}, {SPOOF_LAST}), "
             f"da={SERVER_V4}, ttl=64),\n")
     return (
-        f"cpu({GENERATOR_CPU}): {{\n  {head}"
+        f"{{\n  {head}"
         "  udp(sp=drnd(1024, 65535), dp=drnd(10000, 65535)),\n  fill(0x41, 18)\n}\n"
-        f"cpu({GENERATOR_CPU}): {{\n  {head}"
+        f"{{\n  {head}"
         "  tcp(sp=drnd(1024, 65535), dp=drnd(10000, 65535), ack, seq=drnd(), aseq=drnd(),"
         " win=1024)\n}\n"
     )
@@ -121,12 +127,11 @@ TRAFGEN_FLAGS = ((FIN, "fin"), (SYN, "syn"), (RST, "rst"), (PSH, "psh"), (ACK, "
                  (URG, "urg"), (ECE, "ece"), (CWR, "cwr"))
 
 
-def spoof_config(server_mac: str, pinned: bool, frame: Frame = DOOR_FIRST_FRAME) -> str:
+def spoof_config(server_mac: str, frame: Frame = DOOR_FIRST_FRAME) -> str:
     """A first frame (the door's, udp/7000, unless given), sources counting through 100k of
     198.18.0.0/15."""
-    prefix = f"cpu({GENERATOR_CPU}): " if pinned else ""
     return (
-        f"{prefix}{{\n  eth(da={server_mac}),\n"
+        f"{{\n  eth(da={server_mac}),\n"
         f"  ipv4(sa=198.18.0.0, sa=dinc({SPOOF_BASE}, {SPOOF_BASE + SPOOF_SOURCES - 1}), "
         f"da={SERVER_V4}, ttl=64),\n"
         f"  {transport(frame)}\n}}\n"
@@ -145,12 +150,12 @@ def transport(frame: Frame) -> str:
 
 def flood_bounds(seconds: float, pps: int | None) -> tuple[int, list[str]]:
     """trafgen's packet count (-n) and rate options for a flood of `seconds` at `pps`
-    (None: as fast as one CPU sends)."""
+    (None: as fast as one CPU sends). Both are its slow path, sendto(2) by one worker, which
+    trafgen pins to CPU 0 (Flood moves it to the generator CPU)."""
     if pps is None:
-        # Above what one CPU can send: time bounds it. -P 2: only the CPU 1 worker sends
-        # (the config's packets are all cpu(1)).
-        return int(seconds * 2_000_000), ["-P", "2"]
-    return int(seconds * pps), ["-b", f"{pps}pps"]  # slow path: one worker, pinned to CPU 0
+        # -t 0: sendto(2) with no gap. Above what one CPU can send: time bounds it.
+        return int(seconds * 2_000_000), ["-t", "0"]
+    return int(seconds * pps), ["-b", f"{pps}pps"]
 
 
 def trafgen_figures(output: str, elapsed: float) -> tuple[int, float]:
@@ -177,7 +182,7 @@ class Flood:
         if kind == "noise":
             cfg.write_text(noise_config(self.bed.server_mac))
         else:
-            cfg.write_text(spoof_config(self.bed.server_mac, pinned=pps is None, frame=frame))
+            cfg.write_text(spoof_config(self.bed.server_mac, frame))
         count, rate = flood_bounds(seconds, pps)
         argv = ["timeout", "-s", "INT", "-k", "3", f"{seconds + 2:g}",
                 *self.bed.in_client(["taskset", "-c", str(GENERATOR_CPU), "trafgen",
@@ -187,8 +192,7 @@ class Flood:
         started = time.monotonic()
         proc = self.procs.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
-        if pps is not None:
-            _keep_on_cpu(proc.pid, GENERATOR_CPU, 1.0)
+        _keep_on_cpu(proc.pid, GENERATOR_CPU, 1.0)
         try:
             yield
         except BaseException:
@@ -203,9 +207,9 @@ class Flood:
 
 
 def _keep_on_cpu(root: int, cpu: int, seconds: float) -> None:
-    """Move the trafgen worker to `cpu`: in slow mode (-b/-t) trafgen pins its one worker to
-    CPU 0 itself, right after fork, which is the daemon's CPU. Re-pin it for a while, since
-    our move can come before its own sched_setaffinity."""
+    """Move the trafgen worker to `cpu`: in slow mode (-b/-t, the only one used) trafgen pins
+    its one worker to CPU 0 itself, right after fork, which is the daemon's CPU. Re-pin it
+    for a while, since our move can come before its own sched_setaffinity."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for pid in _descendants(root):

@@ -7,11 +7,15 @@ from typing import Any
 
 import pytest
 
+from bench.kernel_cost import ROWS as KERNEL_COST_ROWS
+from bench.kernel_cost import KernelCost
 from bench.report import (
     Table,
     closing_line,
     fmt,
+    kernel_cost_rows,
     one_line,
+    overall_rows,
     ratio,
     render_markdown,
     results_json,
@@ -52,9 +56,11 @@ def test_committed_results_render_to_the_committed_report() -> None:
     settings = Settings(**data["settings"])
     outcomes = [Outcome(**o) for o in data["outcomes"]]
     daemons = list(data["overall"])
+    cost = KernelCost.from_json(data["kernel_cost"]) if data.get("kernel_cost") else None
     sums, whole = summarize_all(outcomes), overall(outcomes, daemons)
-    assert results_json(data["machine"], settings, sums, whole, outcomes) == text
-    markdown = render_markdown(Table(SCENARIOS, daemons, settings), data["machine"], sums, whole)
+    assert results_json(data["machine"], settings, sums, whole, outcomes, cost) == text
+    markdown = render_markdown(Table(SCENARIOS, daemons, settings), data["machine"], sums, whole,
+                               cost)
     markdown += closing_line(float(data["machine"]["run_seconds"]), settings)
     assert markdown == (RESULTS / "latest.md").read_text()
 
@@ -203,15 +209,19 @@ def test_results_json_round_trips() -> None:
     sums = summarize_all(outcomes)
     text = results_json(INFO, Settings(), sums, overall(outcomes, ["tportknockd"]), outcomes)
     data = json.loads(text)
-    assert set(data) == {"machine", "settings", "targets", "summary", "overall", "outcomes"}
+    assert set(data) == {"machine", "settings", "targets", "summary", "overall", "outcomes",
+                         "kernel_cost"}
     assert data["summary"]["a"]["tportknockd"]["detected"] == [1, 1]
     assert data["outcomes"][0]["knocks"][0]["latency_ms"] == 3.0
+    assert data["kernel_cost"] is None
+    with_cost = json.loads(results_json(INFO, Settings(), sums, {}, outcomes, COST))
+    assert KernelCost.from_json(with_cost["kernel_cost"]) == COST
 
 
 def one_time_rows(tportknockd: dict[str, Any]) -> dict[str, Any]:
     scenario = next(s for s in SCENARIOS if s.key == "ffull")
-    return by_label(scenario_rows(scenario.rows, {"tportknockd": tportknockd},
-                                  ["knockd", "tportknockd"], scenario.applies_to))
+    return by_label(scenario_rows(scenario.rows, {"tportknockd-python": tportknockd},
+                                  ["knockd", "tportknockd-python"], scenario.applies_to))
 
 
 def test_a_scenario_not_for_a_daemon_shows_n_a_in_its_column() -> None:
@@ -232,7 +242,7 @@ def test_the_one_time_rows_split_what_the_kernel_passed_at_the_window_change() -
     assert labels[start: start + 3] == ["… during the flood",
                                         "… during it, after the window moved",
                                         "… right after it"]
-    assert rows["packets the kernel filter passed to the daemon"].values == ("n/a", "50040")
+    assert rows["packets taken for knock frames in the kernel"].values == ("n/a", "50040")
     assert rows["… until the window moved"].values == ("n/a", "50000")
     after = rows["… after it, flood packets only"]
     assert after.values == ("n/a", "0 ✓") and after.target == "0"
@@ -250,5 +260,112 @@ def test_other_scenarios_have_no_window_rows() -> None:
                                                       "tportknockd": summary()},
                                       ["knockd", "tportknockd"], scenario.applies_to))
         assert not any("window" in label for label in rows)
+        # knockd has no ring drops to report, and no kernel engine.
         assert all(row.values[0] != "n/a" or label == "kernel ring drops"
-                   for label, row in rows.items())
+                   or label in KERNEL_COUNTER_LABELS for label, row in rows.items())
+
+
+KERNEL_COUNTER_LABELS = ["packets the kernel engine's program saw",
+                         "… that matched a knock frame",
+                         "… fresh attempts evicted (one frame matched)",
+                         "… advanced attempts evicted (two or more)",
+                         "… completions lost (ring buffer full)"]
+THREE = ["knockd", "tportknockd-python", "tportknockd-kernel"]
+
+
+def test_the_kernel_engines_counters_in_its_column_only() -> None:
+    full = next(s for s in SCENARIOS if s.key == "cfull")
+    kernel = summary(kernel_seen=3_000_020, kernel_matched=3_000_012,
+                     kernel_evicted_fresh=2_900_000, kernel_evicted_advanced=0, kernel_lost=0,
+                     cpu_s=0.02, ring_drops=0)
+    rows = by_label(scenario_rows(full.rows, {"knockd": summary(cpu_s=7.0),
+                                              "tportknockd-python": summary(cpu_s=5.7),
+                                              "tportknockd-kernel": kernel},
+                                  THREE, full.applies_to, Table(SCENARIOS, THREE,
+                                                                Settings()).ratio_pairs))
+    labels = list(rows)
+    start = labels.index(KERNEL_COUNTER_LABELS[0])
+    assert labels[start: start + 5] == KERNEL_COUNTER_LABELS
+    assert rows[KERNEL_COUNTER_LABELS[0]].values == ("n/a", "n/a", "3000020")
+    assert rows["… advanced attempts evicted (two or more)"].values == ("n/a", "n/a", "0 ✓")
+    assert rows["… completions lost (ring buffer full)"].target == "0"
+    # issue 8's full-rate targets: 0.1 s of daemon CPU, every knock, no ring drop.
+    cpu = rows["daemon CPU (s)"]
+    assert cpu.values == ("7.000", "5.700 ✗", "0.020 ✓") and cpu.target == "≤ 0.1"
+    assert cpu.ratios == ("0.81×", "0.0029×", "0.0035×")  # python/knockd, kernel/ knockd, python
+    assert rows["kernel ring drops"].values == ("n/a", "—", "0 ✓")
+    # A daemon that did not run shows dashes, not n/a.
+    missing = by_label(scenario_rows(full.rows, {"knockd": summary()}, THREE))
+    assert missing[KERNEL_COUNTER_LABELS[0]].values == ("n/a", "—", "—")
+
+
+def test_the_ratio_columns_add_kernel_over_python_when_both_run() -> None:
+    assert Table(SCENARIOS, THREE, Settings()).ratio_pairs == [(1, 0), (2, 0), (2, 1)]
+    assert Table(SCENARIOS, THREE, Settings()).ratio_headings() == [
+        "tportknockd-python / knockd", "tportknockd-kernel / knockd",
+        "tportknockd-kernel / tportknockd-python"]
+    assert Table(SCENARIOS, THREE[:2], Settings()).ratio_pairs == [(1, 0)]
+    assert Table(SCENARIOS, ["knockd", "tportknockd-kernel"], Settings()).ratio_pairs == [(1, 0)]
+
+
+def test_spoofed_10k_pps_target_is_issue_8s() -> None:
+    slow = next(s for s in SCENARIOS if s.key == "c10k")
+    rows = by_label(scenario_rows(slow.rows, {"knockd": summary(cpu_s=11.0),
+                                              "tportknockd-python": summary(cpu_s=0.54),
+                                              "tportknockd-kernel": summary(cpu_s=0.01)},
+                                  THREE))
+    assert rows["daemon CPU (s)"].values == ("11.000", "0.540 ✗", "0.010 ✓")
+    assert rows["daemon CPU (s)"].target == "≤ 0.05"
+
+
+COST = KernelCost(instructions=3503, repeat=1_000_000, sources=100_000, rounds=5,
+                  rows={"first_same": 142.0, "no_knock_port": 80.0, "no_knock_address": 99.0,
+                        "first_inserted": 339.0, "first_new_source": 674.0},
+                  fresh_held=32_765, fresh_capacity=65_536, started=3_300_001, map_mib=7.6)
+
+
+def test_the_kernel_cost_rows_in_the_kernel_column() -> None:
+    table = Table(SCENARIOS, THREE, Settings())
+    rows = by_label(kernel_cost_rows(table, COST, "tportknockd-kernel"))
+    assert list(rows) == [label for _, label in KERNEL_COST_ROWS] + [
+        "program size (eBPF instructions)"]
+    same = rows["first frame, same source (repeat)"]
+    assert same.values == ("n/a", "n/a", "0.142 ✓") and same.target == "≤ 0.2"
+    assert same.ratios == ("—", "—", "—")
+    inserted = rows["first frame, inserted every run (repeat)"]
+    assert inserted.values == ("n/a", "n/a", "0.339 ✗") and inserted.target == "≤ 0.2"
+    new = rows["first frame, new source each run"]
+    assert new.values == ("n/a", "n/a", "0.674") and new.target == ""
+    assert rows["no knock: unused port (repeat)"].values[2] == "0.080"
+    assert rows["program size (eBPF instructions)"].values == ("n/a", "n/a", "3503")
+
+
+def test_the_report_has_a_kernel_cost_section_only_with_a_kernel_column() -> None:
+    table = Table(SCENARIOS, THREE, Settings())
+    markdown = render_markdown(table, INFO, {}, {}, COST)
+    heading = ("| **kernel cost per packet (BPF_PROG_TEST_RUN, µs; repeat 1,000,000, best of 5)**"
+               " | | | | | | | |")
+    assert heading in markdown.splitlines()
+    assert markdown.index(heading) < markdown.index("| **whole run**")
+    without = render_markdown(Table(SCENARIOS, THREE[:2], Settings()), INFO, {}, {}, COST)
+    assert "kernel cost per packet (BPF" not in without
+    assert "kernel cost per packet (BPF" not in render_markdown(table, INFO, {}, {}, None)
+
+
+def test_the_whole_run_rows_name_each_engine_and_its_kernel_memory() -> None:
+    table = Table(SCENARIOS, THREE, Settings())
+    figures: dict[str, Any] = {"startup_s": 0.2, "startup_max_s": 0.3, "rss_idle_mb": 19.5,
+                               "rss_peak_mb": 30.0}
+    whole = {"knockd": figures | {"engine": None, "kernel_memory_mib": None},
+             "tportknockd-python": figures | {"engine": "python", "kernel_memory_mib": None},
+             "tportknockd-kernel": figures | {"engine": "kernel", "kernel_memory_mib": 7.6,
+                                              "rss_idle_mb": 21.0}}
+    rows = by_label(overall_rows(table, whole))
+    assert rows["engine (its log line at start, checked)"].values == ("n/a", "python", "kernel")
+    memory = rows["kernel memory of the engine's BPF maps (MiB)"]
+    assert memory.values == ("n/a", "n/a", "7.6")
+    idle = rows["RSS idle (MB)"]
+    assert idle.values == ("19.5", "19.5 ✓", "21.0 ✗") and idle.target == "≤ 20"
+    assert idle.ratios == ("1×", "1.1×", "1.1×")
+    unrun = by_label(overall_rows(table, {"knockd": whole["knockd"]}))
+    assert unrun["engine (its log line at start, checked)"].values == ("n/a", "—", "—")

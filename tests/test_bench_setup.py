@@ -20,10 +20,14 @@ import pytest
 
 from bench.daemons import (
     DAEMONS,
+    ENGINE_PAIR,
+    KERNEL_COLUMN,
+    TPORTKNOCKD_COLUMNS,
     Knockd,
     Running,
     Tportknockd,
     collect_lines,
+    engine_line,
     knockd_config,
     parse_statistics,
     start_command,
@@ -113,20 +117,81 @@ def test_the_start_command_writes_source_and_time() -> None:
     assert start_command(OUT) == f"date '+%IP% %s.%N' >> {OUT}"
 
 
-def test_tportknockd_command_line_takes_extra_options() -> None:
+def test_tportknockd_command_line_names_the_engine_and_takes_extra_options() -> None:
     plain = Tportknockd().argv(Path("/w/a.conf"), "tkb0")
     assert plain[1:] == ["-m", "tportknockd", "-c", "/w/a.conf", "-i", "tkb0",
                          "--state-file", "none"]
-    kernel = Tportknockd("tportknockd-kernel", ("--engine", "kernel"))
+    kernel = Tportknockd("tportknockd-kernel", "kernel")
     assert kernel.name == "tportknockd-kernel"
     assert kernel.argv(Path("/w/a.conf"), "tkb0") == [*plain, "--engine", "kernel"]
+    other = Tportknockd("x", "python", ("--max-attempts", "9"))
+    assert other.argv(Path("/w/a.conf"), "tkb0") == [*plain, "--engine", "python",
+                                                      "--max-attempts", "9"]
     assert Knockd().argv(Path("/w/a.conf"), "tkb0") == ["knockd", "-i", "tkb0", "-c",
                                                          "/w/a.conf"]
 
 
 def test_the_daemons_compared() -> None:
     names = [d.name for d in DAEMONS]
-    assert names == ["knockd", "tportknockd"]  # knockd first: the reference column
+    # knockd first: the reference column; then tportknockd with each engine, asked for.
+    assert names == ["knockd", "tportknockd-python", "tportknockd-kernel"]
+    engines = [d.argv(Path("/w/a.conf"), "tkb0")[-2:] for d in DAEMONS[1:]]
+    assert engines == [["--engine", "python"], ["--engine", "kernel"]]
+    assert TPORTKNOCKD_COLUMNS == ("tportknockd-python", "tportknockd-kernel")
+    assert ENGINE_PAIR == ("tportknockd-kernel", "tportknockd-python")
+    assert KERNEL_COLUMN == "tportknockd-kernel"
+
+
+KERNEL_LINE = ("engine: kernel (eBPF socket filter, 3503 instructions; attempts in BPF maps: "
+               "65536 fresh, 8192 advanced, about 7.6 MiB of kernel memory)")
+
+
+def test_the_engine_line_is_found_in_the_log() -> None:
+    lines = ["2026-11-28 16:35:46,640 tportknockd[1]: INFO tportknockd 0.2.0 starting\n",
+             "2026-11-28 16:35:46,668 tportknockd[1]: ERROR kernel engine: nope; keeping\n",
+             f"2026-11-28 16:35:46,668 tportknockd[1]: INFO {KERNEL_LINE}\n",
+             "2026-11-28 16:35:46,668 tportknockd[1]: INFO ready: 2 events, 5 frames\n"]
+    assert engine_line(lines) == KERNEL_LINE.removeprefix("engine: ")
+    assert engine_line(["tportknockd: engine: python (as asked)\n"]) == "python (as asked)"
+    assert engine_line(lines[:2]) is None
+
+
+def stand_in(script: str) -> tuple[subprocess.Popen[str], Running]:
+    """A process that logs like tportknockd, its lines collected as the bench does."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=collect_lines, args=(proc, lines), daemon=True)
+    reader.start()
+    return proc, Running(proc, 0.0, lines, reader)
+
+
+def started(daemon: Tportknockd, engine_said: str | None) -> Running:
+    said = f'print("tportknockd: {engine_said}", flush=True)\n' if engine_said else ""
+    proc, run = stand_in(said + 'print("tportknockd: ready: 1 events", flush=True)\n')
+    try:
+        proc.wait(10)
+        run.reader.join(5)
+        assert daemon.is_ready(run)
+        run.engine = daemon.engine(run)
+        return run
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_column_runs_the_engine_it_names_or_the_bench_fails() -> None:
+    kernel = Tportknockd("tportknockd-kernel", "kernel")
+    assert started(kernel, KERNEL_LINE).engine == KERNEL_LINE.removeprefix("engine: ")
+    with pytest.raises(RuntimeError, match="should run the kernel engine"):
+        started(kernel, "engine: python (the kernel engine cannot run: no CAP_BPF)")
+    python = Tportknockd("tportknockd-python", "python")
+    assert started(python, "engine: python (as asked)").engine == "python (as asked)"
+    with pytest.raises(RuntimeError, match="should run the python engine"):
+        started(python, KERNEL_LINE)
+    with pytest.raises(RuntimeError, match="no 'engine:' line"):
+        started(python, None)
+    # Without an engine asked for (auto), whatever it says is recorded.
+    assert started(Tportknockd(), KERNEL_LINE).engine.startswith("kernel (")
 
 
 def test_statistics_come_from_the_last_statistics_line() -> None:
@@ -154,12 +219,7 @@ time.sleep(30)
 
 def test_statistics_on_demand_by_sigusr1() -> None:
     """A stand-in that answers SIGUSR1 as tportknockd does: each call gets a fresh line."""
-    proc = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE,
-                            text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=collect_lines, args=(proc, lines), daemon=True)
-    reader.start()
-    run = Running(proc, 0.0, lines, reader)
+    proc, run = stand_in(STAND_IN)
     try:
         daemon = Tportknockd()
         while not daemon.is_ready(run):
@@ -183,8 +243,7 @@ def trafgen_addresses(config: str) -> tuple[set[str], list[tuple[int, int]], set
     return literal, ranges, set(re.findall(rf"da=({QUAD})", config))
 
 
-@pytest.mark.parametrize("config", [noise_config(MAC), spoof_config(MAC, True),
-                                    spoof_config(MAC, False)])
+@pytest.mark.parametrize("config", [noise_config(MAC), spoof_config(MAC)])
 def test_floods_spoof_only_198_18_and_aim_only_at_the_server(config: str) -> None:
     literal, ranges, destinations = trafgen_addresses(config)
     assert literal and ranges
@@ -200,16 +259,17 @@ def test_floods_spoof_only_198_18_and_aim_only_at_the_server(config: str) -> Non
 
 
 def test_spoofed_first_frames_count_through_the_sources() -> None:
-    _, ranges, _ = trafgen_addresses(spoof_config(MAC, True))
+    _, ranges, _ = trafgen_addresses(spoof_config(MAC))
     assert ranges == [(SPOOF_BASE, SPOOF_BASE + SPOOF_SOURCES - 1)]
-    assert "udp(sp=40000, dp=7000)" in spoof_config(MAC, True)  # the door's first frame
-    assert spoof_config(MAC, True).startswith("cpu(1): {")
-    assert spoof_config(MAC, False).startswith("{")
+    assert "udp(sp=40000, dp=7000)" in spoof_config(MAC)  # the door's first frame
+    # One worker (trafgen's slow path) sends every packet: none is tied to a CPU's worker.
+    assert all("cpu(" not in config for config in (spoof_config(MAC), noise_config(MAC)))
 
 
 def test_every_flood_is_bounded_in_count() -> None:
     assert flood_bounds(3.0, 10_000) == (30_000, ["-b", "10000pps"])
-    assert flood_bounds(10.0, None) == (20_000_000, ["-P", "2"])
+    # Full rate: sendto(2) with no gap (-t 0), never the TX_RING; bounded by time too.
+    assert flood_bounds(10.0, None) == (20_000_000, ["-t", "0"])
 
 
 def test_trafgen_figures_from_its_closing_lines() -> None:
@@ -258,24 +318,25 @@ def test_scenario_keys_and_labels_are_unique() -> None:
     assert [s.key for s in SCENARIOS] == ["a", "b", "c10k", "cfull", "d", "e", "f10k", "ffull"]
 
 
-def test_only_the_one_time_scenarios_are_limited_to_tportknockd() -> None:
+def test_only_the_one_time_scenarios_are_limited_to_tportknockd_with_both_engines() -> None:
     for scenario in SCENARIOS:
         one_time = scenario.key.startswith("f")
-        assert scenario.applies_to("tportknockd")
+        assert all(scenario.applies_to(name) for name in TPORTKNOCKD_COLUMNS)
         assert scenario.applies_to("knockd") is not one_time
-        assert set(scenario.configs) == ({"tportknockd"} if one_time else set())
+        assert set(scenario.configs) == (set(TPORTKNOCKD_COLUMNS) if one_time else set())
 
 
 def test_a_scenario_gives_a_daemon_its_own_config_or_the_usual_one(tmp_path: Path) -> None:
     one_time = next(s for s in SCENARIOS if s.key == "f10k")
     usual = next(s for s in SCENARIOS if s.key == "a")
     ctx = cast(Context, SimpleNamespace(workdir=tmp_path, settings=Settings.quick()))
-    own = one_time.config(Tportknockd(), ctx, OUT)
-    assert "otp_secret" in own and "sequence" not in own
-    assert usual.config(Tportknockd(), ctx, OUT) == tportknockd_config(OUT)
+    for daemon in DAEMONS[1:]:
+        own = one_time.config(daemon, ctx, OUT)
+        assert "otp_secret" in own and "sequence" not in own
+        assert usual.config(daemon, ctx, OUT) == tportknockd_config(OUT)
     assert usual.config(Knockd(), ctx, OUT) == knockd_config(OUT)
     # A variant of tportknockd under another name runs the usual config.
-    variant = Tportknockd("tportknockd-kernel", ("--engine", "kernel"))
+    variant = Tportknockd("tportknockd-other", "kernel")
     assert one_time.config(variant, ctx, OUT) == tportknockd_config(OUT)
     assert not one_time.applies_to(variant.name)
 
@@ -341,7 +402,7 @@ def test_the_window_changes_between_two_bursts_of_the_flood() -> None:
     (Frame(PROTO_UDP, 59999, None), "udp(sp=40000, dp=59999),\n  fill(0x6b, 5)"),
 ])
 def test_a_flood_of_any_first_frame_carries_exactly_its_flags(frame: Frame, header: str) -> None:
-    config = spoof_config(MAC, False, frame)
+    config = spoof_config(MAC, frame)
     assert header in config
     literal, ranges, destinations = trafgen_addresses(config)
     assert destinations == {SERVER_V4} and literal == {"198.18.0.0"}

@@ -9,7 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.summary import Outcome, latency_stats, overall, summarize, summarize_all
+from bench.summary import (
+    Outcome,
+    engine_name,
+    kernel_memory_mib,
+    latency_stats,
+    overall,
+    summarize,
+    summarize_all,
+)
+
+KERNEL_LINE = ("kernel (eBPF socket filter, 3503 instructions; attempts in BPF maps: 65536 "
+               "fresh, 8192 advanced, about 7.6 MiB of kernel memory)")
 
 
 def inclusive_percentile(values: list[float], q: float) -> float:
@@ -109,8 +120,50 @@ def test_overall_per_daemon_in_the_order_given_and_only_those_that_ran() -> None
                 Outcome("c", "tportknockd", startup_s=0.3, rss_start_kb=2048, rss_peak_kb=4096)]
     result = overall(outcomes, ["knockd", "tportknockd"])
     assert list(result) == ["tportknockd"]
-    assert result["tportknockd"] == pytest.approx(
+    figures = dict(result["tportknockd"])
+    assert figures.pop("engine") is None and figures.pop("kernel_memory_mib") is None
+    assert figures == pytest.approx(
         {"startup_s": 0.3, "startup_max_s": 0.4, "rss_idle_mb": 2.0, "rss_peak_mb": 9.0})
+
+
+def test_the_engine_and_its_kernel_memory_from_the_engine_line() -> None:
+    assert engine_name(KERNEL_LINE) == "kernel" and kernel_memory_mib(KERNEL_LINE) == 7.6
+    assert engine_name("python (as asked)") == "python"
+    assert kernel_memory_mib("python (as asked)") is None
+    assert engine_name("") is None and kernel_memory_mib("") is None
+    outcomes = [Outcome("a", "k", engine=KERNEL_LINE), Outcome("b", "k", engine=KERNEL_LINE),
+                Outcome("a", "p", engine="python (as asked)"), Outcome("a", "knockd")]
+    result = overall(outcomes, ["knockd", "p", "k"])
+    assert [(r["engine"], r["kernel_memory_mib"]) for r in result.values()] == [
+        (None, None), ("python", None), ("kernel", 7.6)]
+    mixed = overall([Outcome("a", "t", engine=KERNEL_LINE), Outcome("b", "t", engine="python")],
+                    ["t"])
+    assert mixed["t"]["engine"] == "kernel / python"  # a column that changed engines shows it
+    assert summarize(outcomes[0])["engine"] == "kernel"
+    assert summarize(outcomes[0])["kernel_memory_mib"] == 7.6
+
+
+KERNEL_STATISTICS = {"kernel_packets": 0, "kernel_drops": 0, "packets": 0,
+                     "kernel_seen": 3_000_020, "kernel_knocks": 3_000_012,
+                     "kernel_completed": 4, "kernel_lost": 0, "kernel_attempts_fresh": 65_000,
+                     "kernel_attempts_advanced": 0, "kernel_evicted_fresh": 2_900_000,
+                     "kernel_evicted_advanced": 0}
+
+
+def test_the_kernel_engines_counters() -> None:
+    flood = {"kind": "spoof", "sent": 10, "delivered": 10, "seconds": 1.0, "pps": 300_000.0}
+    summary = summarize(Outcome("cfull", "tportknockd-kernel", cpu_s=0.02, delivered=3_000_000,
+                                floods=[flood], statistics=KERNEL_STATISTICS))
+    assert summary["kernel_seen"] == 3_000_020 and summary["kernel_matched"] == 3_000_012
+    assert summary["kernel_evicted_fresh"] == 2_900_000
+    assert summary["kernel_evicted_advanced"] == 0 and summary["kernel_lost"] == 0
+    # What the kernel took for knock frames: what the program matched, not the ring's count.
+    assert summary["kernel_passed"] == 3_000_012
+    assert summary["ring_drops"] == 0
+    assert summary["us_per_read_packet"] is None  # it read none from its ring
+    python = summarize(Outcome("cfull", "tportknockd-python",
+                               statistics={"kernel_packets": 9, "kernel_drops": 0}))
+    assert python["kernel_seen"] is None and python["kernel_passed"] == 9
 
 
 def test_summarize_all_by_scenario_then_daemon() -> None:
@@ -143,6 +196,18 @@ def test_what_the_kernel_passed_before_and_after_the_window_change() -> None:
     leaked = summarize(Outcome("f10k", "tportknockd", statistics={"kernel_packets": 50_100},
                                snapshots={"window_moved": moved}))
     assert leaked["flood_passed_after_move"] == 44
+
+
+def test_the_kernel_engine_splits_what_its_program_matched_at_the_window_change() -> None:
+    moved = {"at": 1.8e9, "kernel_packets": 0.0, "kernel_knocks": 50_008.0,
+             "knock_packets_after": 48.0}
+    outcome = Outcome("f10k", "tportknockd-kernel",
+                      statistics={"kernel_packets": 0, "kernel_knocks": 50_056},
+                      snapshots={"window_moved": moved})
+    summary = summarize(outcome)
+    assert summary["kernel_passed"] == 50_056
+    assert summary["kernel_passed_before_move"] == 50_008
+    assert summary["flood_passed_after_move"] == 0
 
 
 def test_no_snapshot_no_split() -> None:
