@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from tportknockd import __version__, netif
 from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.config import ConfigError, check_report, load_config
-from tportknockd.daemon import Daemon, Options, StartupError
+from tportknockd.daemon import ENGINES, Daemon, Options, StartupError
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
-from tportknockd.kernel_matching import ENGINES
 from tportknockd.selection import Selection, any_would_listen_on
 from tportknockd.state import DEFAULT_STATE_FILE
 

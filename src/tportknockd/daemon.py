@@ -21,21 +21,24 @@ import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from tportknockd import kernel_matching, state
+from tportknockd import state
 from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
 from tportknockd.capture import RingGeometry
 from tportknockd.config import ConfigError, load_config
 from tportknockd.doorkeeper import Doorkeeper
 from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Action, Engine
 from tportknockd.interfaces import Interfaces, StartupError
-from tportknockd.kernel_matching import KernelMatching
 from tportknockd.model import Config, Frame
 from tportknockd.selection import Selection
 from tportknockd.sequencer import Sequencer, frames_of
 from tportknockd.sequences import Schedule
 from tportknockd.signals import SignalInbox
 from tportknockd.statistics import Counters
+
+if TYPE_CHECKING:  # imported when the kernel engine is chosen (it brings ctypes along)
+    from tportknockd.kernel_matching import KernelMatching
 from tportknockd.systemd import notify_systemd
 
 __all__ = ["Daemon", "Options", "StartupError", "notify_systemd"]
@@ -45,6 +48,8 @@ log = logging.getLogger("tportknockd")
 IDLE_WAKEUP = 5.0  # seconds: the longest sleep
 STATISTICS_INTERVAL = 5.0  # seconds between reads of the kernel's drop counters
 STOP_GRACE = 10.0  # seconds to wait at exit for the last stop commands to finish
+#: Where knocks are matched (--engine): see kernel_matching.
+ENGINES = ("auto", "kernel", "python")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -59,7 +64,7 @@ class Options:
     command_time_limit: float = DEFAULT_TIME_LIMIT
     state_file: str | None = state.DEFAULT_STATE_FILE
     ring_mib: int = 2
-    engine: str = "auto"  # auto, kernel or python (kernel_matching.ENGINES)
+    engine: str = "auto"  # one of ENGINES
 
 
 @dataclass
@@ -105,14 +110,22 @@ class Daemon:
     def open(self) -> None:
         """Choose the engine, open the captures; StartupError with a line fit for the user."""
         self.sequencer.start(self._refilter)
+        self.kernel, self._engine_line = self._choose_engine()
+        self.interfaces.kernel = self.kernel
+        self.interfaces.start()
+
+    def _choose_engine(self) -> tuple[KernelMatching | None, str]:
+        if self.options.engine == "python":
+            # The kernel engine's modules (and ctypes) stay out of a Python-only daemon.
+            return None, "engine: python (as asked)"
+        from tportknockd import kernel_matching
+
         try:
-            self.kernel, self._engine_line = kernel_matching.choose(
+            return kernel_matching.choose(
                 self.options.engine, self.engine.sequences, self.options.max_attempts
             )
         except kernel_matching.KernelEngineError as exc:
             raise StartupError(str(exc)) from None
-        self.interfaces.kernel = self.kernel
-        self.interfaces.start()
 
     def _refilter(self, frames: Iterable[Frame]) -> None:
         """The live sequences changed (one-time windows, lists): every filter follows."""

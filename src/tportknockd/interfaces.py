@@ -25,15 +25,18 @@ import select
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 from tportknockd import filter as bpf
 from tportknockd import netif
 from tportknockd.capture import RingGeometry
-from tportknockd.kernel_matching import KernelMatching
 from tportknockd.listener import Feed, Listener, Perform
 from tportknockd.model import Frame
 from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
+
+if TYPE_CHECKING:  # the kernel engine is imported only when it is chosen
+    from tportknockd.kernel_matching import KernelMatching
 
 log = logging.getLogger("tportknockd")
 

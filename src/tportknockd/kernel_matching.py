@@ -21,7 +21,6 @@ from tportknockd.engine import Action, Engine
 from tportknockd.kernel_engine import Capacity, KernelMatcher, KnockSequence, capacity_for, explain
 from tportknockd.sequences import LiveSequence, SequenceKey
 
-ENGINES = ("auto", "kernel", "python")
 #: Advanced attempts (two frames or more matched) get this share of --max-attempts.
 ADVANCED_SHARE = 8
 
