@@ -36,18 +36,32 @@ Matching rules
 * `shutdown()` returns every pending stop at once, so that no door stays open when the daemon
   ends.
 
+Bounded state
+-------------
+At most `max_attempts` attempts are held, of two kinds. A *fresh* attempt has matched one
+frame: anyone can make one with a single packet, spoofed or not. An *advanced* attempt has
+matched two or more frames in order: its source knew the second frame too. Eviction keeps the
+kinds apart, so that a flood of first frames can only ever push out other fresh attempts:
+* a new attempt, when `max_attempts` are held, evicts the oldest fresh attempt (the first
+  started, whatever its event); if every attempt held is advanced, it is refused (not kept);
+* an attempt that matches its second frame becomes advanced. At most
+  `advanced_limit(max_attempts)` advanced attempts are held (an eighth, the proportion of the
+  kernel engine's maps: 65,536 fresh, 8,192 advanced); when that many are, the oldest one (the
+  first to have become advanced) is evicted to make room.
+Fresh attempts may fill whatever the advanced ones leave: at least seven eighths. Expired
+attempts are swept by `tick` without waiting for traffic.
+
 Cost: a packet costs one dict lookup in a table built from the live sequences, plus one dict
-lookup per sequence that the packet can advance. Attempts are capped (`max_attempts`); when
-full, the oldest attempt is evicted. Expired attempts are swept by `tick` without waiting for
-traffic.
+lookup per sequence that the packet can advance; starting an attempt adds three appends to a
+queue, and an eviction pops that queue's front.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tportknockd.doors import Door, Doors
 from tportknockd.model import PROTO_TCP, Config, Packet, address_text
@@ -75,9 +89,16 @@ __all__ = [
     "Replayed",
     "RunStart",
     "RunStop",
+    "advanced_limit",
 ]
 
 DEFAULT_MAX_ATTEMPTS = 65536
+
+
+def advanced_limit(max_attempts: int) -> int:
+    """How many of `max_attempts` may be advanced (two or more frames matched): an eighth,
+    as in the kernel engine's maps, and at least one."""
+    return max(1, max_attempts // 8)
 
 
 class _Attempt(NamedTuple):
@@ -97,6 +118,60 @@ class _Attempt(NamedTuple):
 _new_attempt = tuple.__new__
 
 _Table = dict[tuple[int, int, int], tuple[tuple[int, int], ...]]
+
+# The attempts of one sequence, by packed source, in the order they started (oldest first).
+# OrderedDict, not dict: a plain dict used as a FIFO makes `next(iter(d))` walk over every
+# entry deleted since its last resize, which turned a spoofed flood quadratic.
+_Attempts = OrderedDict[bytes, _Attempt]
+
+
+class _AgeQueue(deque[Any]):
+    """The attempts of one kind (fresh or advanced), oldest first, every sequence together.
+
+    Flat triples (attempts of the sequence, source, start time): three appends cost a third
+    of what one insert into a dict keyed by (sequence, source) costs, on a flood's path. It
+    is lazy: an attempt that ends by the rules, or becomes advanced, is not looked for here;
+    its entry goes stale and is skipped when it reaches the front, or swept by `tidy`. An
+    entry names the attempts object, not the sequence index, so a re-indexing of the
+    sequences leaves it valid; attempts that are dropped are cleared, which makes their
+    entries stale.
+    """
+
+    def pop_oldest(self, fresh: bool) -> tuple[_Attempts, bytes, _Attempt] | None:
+        """Take the oldest live attempt of this kind off the front (None: there is none)."""
+        popleft = self.popleft
+        while self:
+            attempts, src, started = popleft(), popleft(), popleft()
+            if self._is_live(attempts, src, started, fresh):
+                return attempts, src, attempts[src]
+        return None
+
+    def tidy(self, live: int, fresh: bool) -> None:
+        """Sweep the stale entries once they outnumber the live ones (and a margin): every
+        stale entry is swept once, and the queue holds at most about twice what is live."""
+        if len(self) <= 3 * (2 * live + 64):
+            return
+        entries = list(self)
+        self.clear()
+        seen: set[tuple[int, bytes]] = set()
+        kept: list[Any] = []
+        # Newest first, so that a duplicate (an attempt restarted at the same time) keeps its
+        # last place; each triple is stored reversed, and the whole list reversed at the end.
+        for at in range(len(entries) - 3, -1, -3):
+            attempts, src, started = entries[at : at + 3]
+            if (id(attempts), src) not in seen and self._is_live(attempts, src, started, fresh):
+                seen.add((id(attempts), src))
+                kept += (started, src, attempts)
+        self.extend(reversed(kept))
+
+    @staticmethod
+    def _is_live(attempts: _Attempts, src: bytes, started: float, fresh: bool) -> bool:
+        attempt = attempts.get(src)
+        return (
+            attempt is not None
+            and attempt.started == started
+            and (attempt.matched == 1) == fresh
+        )
 
 
 def _frame_masks(sequences: Sequence[LiveSequence]) -> _Table:
@@ -127,12 +202,18 @@ class Engine:
     trace: bool = False
     doors: Doors = field(init=False, default_factory=Doors)
     _sequences: list[LiveSequence] = field(init=False, repr=False)
-    # Per sequence index: packed source -> attempt, in the order attempts started (oldest
-    # first). OrderedDict, not dict: a plain dict used as a FIFO makes `next(iter(d))` walk
-    # over every entry deleted since its last resize, which turned a spoofed flood quadratic.
-    _attempts: list[OrderedDict[bytes, _Attempt]] = field(init=False, repr=False)
+    # Per sequence index, its attempts.
+    _attempts: list[_Attempts] = field(init=False, repr=False)
     _table: _Table = field(init=False, repr=False)
+    # The same attempts by kind: fresh ones in the order they started, advanced ones in the
+    # order they became advanced (see "Bounded state" above).
+    _fresh: _AgeQueue = field(init=False, repr=False, default_factory=_AgeQueue)
+    _advanced: _AgeQueue = field(init=False, repr=False, default_factory=_AgeQueue)
     _attempt_count: int = field(init=False, default=0)
+    _advanced_count: int = field(init=False, default=0)
+    _fresh_evicted: int = field(init=False, default=0)
+    _advanced_evicted: int = field(init=False, default=0)
+    _refused: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._sequences = []
@@ -154,8 +235,10 @@ class Engine:
         self._sequences = list(sequences)
         self._by_key = {seq.key: seq for seq in self._sequences}
         self._table = _frame_masks(self._sequences)
-        self._attempts = [old.get(seq.key) or OrderedDict() for seq in self._sequences]
-        self._attempt_count = sum(len(attempts) for attempts in self._attempts)
+        self._attempts = [old.pop(seq.key, OrderedDict()) for seq in self._sequences]
+        for attempts in old.values():  # those of the sequences that are no longer matched
+            self._discard(attempts)
+        self._tidy()
         self.doors.forget_unreachable(self._sequences)
 
     @property
@@ -179,7 +262,7 @@ class Engine:
         attempts = self._attempts[seq_index]
         attempt = attempts.get(src)
         if attempt is not None and now - attempt.started > sequence.event.timeout:
-            self._drop(attempts, src)
+            self._drop(attempts, src, attempt)
             self._note(out, sequence, src, "expired", attempt.matched)
             attempt = None
         if attempt is None:
@@ -189,15 +272,18 @@ class Engine:
         if mask >> attempt.matched & 1:
             matched = attempt.matched + 1
             if matched == len(sequence.frames):
-                self._drop(attempts, src)
+                self._drop(attempts, src, attempt)
                 self.doors.complete(sequence, address_text(src), now, out)
+                return
+            if matched == 2:
+                self._promote(attempts, src, attempt.started, out)
             else:
                 attempts[src] = _Attempt(attempt.started, matched)  # keeps its place in order
-                self._note(out, sequence, src, "advanced", matched)
+            self._note(out, sequence, src, "advanced", matched)
         elif mask >> (attempt.matched - 1) & 1:
             self._note(out, sequence, src, "retransmission", attempt.matched)
         else:
-            self._drop(attempts, src)
+            self._drop(attempts, src, attempt)
             self._note(out, sequence, src, "broken", attempt.matched)
             if mask & 1:
                 self._start(seq_index, sequence, src, now, out)
@@ -208,31 +294,90 @@ class Engine:
         if len(sequence.frames) == 1:
             self.doors.complete(sequence, address_text(src), now, out)
             return
-        if self._attempt_count >= self.max_attempts:
-            self._evict_oldest(out)
-        self._attempts[seq_index][src] = _new_attempt(_Attempt, (now, 1))
-        self._attempt_count += 1
+        if self._attempt_count < self.max_attempts:
+            self._attempt_count += 1
+        elif not self._evict_fresh(out):  # the new attempt takes the evicted one's place
+            self._refused += 1  # every attempt held is advanced: out of a first frame's reach
+            self._note(out, sequence, src, "refused", 1)
+            return
+        attempts = self._attempts[seq_index]
+        attempts[src] = _new_attempt(_Attempt, (now, 1))
+        self._fresh.extend((attempts, src, now))
         if self.trace:
             self._note(out, sequence, src, "started", 1)
 
-    def _drop(self, attempts: OrderedDict[bytes, _Attempt], src: bytes) -> None:
+    def _evict_fresh(self, out: list[Action]) -> bool:
+        """Drop the oldest fresh attempt, whatever its sequence, without counting it out (its
+        place is taken at once). False: every attempt held is advanced.
+
+        _AgeQueue.pop_oldest and _forget, inlined: a full engine under a flood of first
+        frames runs this for every packet."""
+        if self._attempt_count == self._advanced_count:
+            return False
+        queue = self._fresh
+        popleft = queue.popleft
+        while queue:
+            attempts, src, started = popleft(), popleft(), popleft()
+            attempt = attempts.get(src)
+            if attempt is not None and attempt.started == started and attempt.matched == 1:
+                del attempts[src]
+                self._fresh_evicted += 1
+                if self.trace:
+                    self._note(out, self._sequence_of(attempts), src, "evicted", 1)
+                return True
+        return False
+
+    def _promote(self, attempts: _Attempts, src: bytes, started: float, out: list[Action]) -> None:
+        """The attempt matched its second frame: it becomes advanced, out of the reach of a
+        first-frame flood. Room is made first, while the attempt is still fresh (so that it
+        cannot be the one evicted)."""
+        if self._advanced_count >= advanced_limit(self.max_attempts):
+            self._evict_advanced(out)
+        attempts[src] = _Attempt(started, 2)
+        self._advanced.extend((attempts, src, started))
+        self._advanced_count += 1
+        self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
+
+    def _evict_advanced(self, out: list[Action]) -> None:
+        """Drop the advanced attempt that became advanced first, whatever its sequence."""
+        victim = self._advanced.pop_oldest(fresh=False)
+        if victim is not None:
+            attempts, src, attempt = victim
+            self._forget(attempts, src, attempt)
+            self._advanced_evicted += 1
+            if self.trace:
+                self._note(out, self._sequence_of(attempts), src, "evicted", attempt.matched)
+
+    def _drop(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
+        """An attempt ended by the rules (completed, broken, expired)."""
+        self._forget(attempts, src, attempt)
+        if attempt.matched == 1:
+            self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
+        else:
+            self._advanced.tidy(self._advanced_count, fresh=False)
+
+    def _forget(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
         del attempts[src]
         self._attempt_count -= 1
+        if attempt.matched > 1:
+            self._advanced_count -= 1
 
-    def _evict_oldest(self, out: list[Action]) -> None:
-        """Drop the attempt that started first, whatever its sequence."""
-        busy = [index for index, attempts in enumerate(self._attempts) if attempts]
-        if not busy:
-            return
-        seq_index = busy[0] if len(busy) == 1 else min(busy, key=self._first_start)
-        src, attempt = self._attempts[seq_index].popitem(last=False)
-        self._attempt_count -= 1
-        if self.trace:
-            self._note(out, self._sequences[seq_index], src, "evicted", attempt.matched)
+    def _discard(self, attempts: _Attempts) -> None:
+        """Forget all of a sequence's attempts (their queue entries go stale)."""
+        self._attempt_count -= len(attempts)
+        self._advanced_count -= sum(1 for attempt in attempts.values() if attempt.matched > 1)
+        attempts.clear()
 
-    def _first_start(self, seq_index: int) -> float:
-        attempts = self._attempts[seq_index]
-        return attempts[next(iter(attempts))].started
+    def _tidy(self) -> None:
+        self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
+        self._advanced.tidy(self._advanced_count, fresh=False)
+
+    def _sequence_of(self, attempts: _Attempts) -> LiveSequence:
+        return next(
+            seq
+            for seq, held in zip(self._sequences, self._attempts, strict=True)
+            if held is attempts
+        )
 
     def _note(
         self, out: list[Action], sequence: LiveSequence, src: bytes, what: str, step: int
@@ -278,8 +423,9 @@ class Engine:
                 src, attempt = next(iter(attempts.items()))
                 if now - attempt.started <= sequence.event.timeout:
                     break
-                self._drop(attempts, src)
+                self._forget(attempts, src, attempt)
                 self._note(out, sequence, src, "expired", attempt.matched)
+        self._tidy()
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` has something to do, or None."""
@@ -296,6 +442,21 @@ class Engine:
     @property
     def attempt_count(self) -> int:
         return self._attempt_count
+
+    @property
+    def attempts_held(self) -> tuple[int, int]:
+        """(fresh, advanced): attempts held with one frame matched, and with two or more."""
+        return self._attempt_count - self._advanced_count, self._advanced_count
+
+    @property
+    def evictions(self) -> tuple[int, int]:
+        """(fresh, advanced): attempts evicted so far to make room for others."""
+        return self._fresh_evicted, self._advanced_evicted
+
+    @property
+    def refused(self) -> int:
+        """First frames not kept because every attempt held was advanced."""
+        return self._refused
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -314,8 +475,7 @@ class Engine:
         new = list(sequences) if sequences is not None else static_sequences(config)
         # An attempt carries over only if its event kept its timeout.
         changed = {e.name for e in config.events if old_timeouts.get(e.name) != e.timeout}
-        self._attempts = [
-            attempts if seq.event.name not in changed else OrderedDict()
-            for seq, attempts in zip(self._sequences, self._attempts, strict=True)
-        ]
+        for seq, attempts in zip(self._sequences, self._attempts, strict=True):
+            if seq.event.name in changed:
+                self._discard(attempts)
         self.set_sequences(new)
