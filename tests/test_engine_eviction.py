@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_engine import A, B, engine, event, knock, pkt, starts, udp
-from tportknockd.engine import DEFAULT_MAX_ATTEMPTS, Engine, Progress, advanced_limit
+from tportknockd.engine import (
+    _SWEEP_MARGIN,
+    DEFAULT_MAX_ATTEMPTS,
+    Engine,
+    Progress,
+    advanced_limit,
+)
 from tportknockd.kernel_engine import Capacity
 from tportknockd.model import (
     ACK,
@@ -179,21 +185,24 @@ def test_sequences_that_leave_take_their_attempts_out_of_the_counts() -> None:
     assert e.attempts_held == (0, 0)  # its timeout changed: its attempts are gone
 
 
-def test_the_queues_stay_bounded_when_nothing_is_evicted() -> None:
-    """Attempts that end by the rules leave their queue entries behind (they are lazy):
-    those are swept, so the queues never hold much more than twice what is live."""
-    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=64)
-    for index in range(5000):
-        knock(e, [udp(1), udp(2), udp(3)], src=spoofed(index), t0=index * 0.001, dt=0)
-    for index in range(5000):
-        knock(e, [udp(1), udp(2)], src=spoofed(index), t0=10 + index * 0.001, dt=0)
-        e.feed(pkt(udp(2), spoofed(index)), 20)
-    held = e.attempts_held
-    assert len(e._fresh) <= 3 * (2 * held[0] + 64) + 3
-    assert len(e._advanced) <= 3 * (2 * held[1] + 64) + 3
+def test_the_queues_stay_bounded_when_attempts_end_by_the_rules() -> None:
+    """Attempts that complete, break, expire or advance leave stale entries in the queues
+    (they are lazy): those are swept, so the queues never hold much more than twice the
+    attempts held, and nothing once none is held."""
+    e = engine(event("ev", udp(1), udp(2), udp(3), timeout=1), max_attempts=100000)
+    pieces = ([udp(1), udp(2), udp(3)], [udp(1), udp(3)], [udp(1), udp(2)], [udp(1)])
+    longest = 0
+    for index in range(20000):
+        now = index * 0.001
+        for frame in pieces[index % 4]:
+            e.feed(pkt(frame, spoofed(index % 3000)), now)
+            entries = (len(e._fresh) + len(e._advanced)) // 3
+            assert entries <= 2 * e.attempt_count + _SWEEP_MARGIN + 1
+            longest = max(longest, entries)
+    assert e.evictions[0] == 0 and longest > _SWEEP_MARGIN  # no eviction kept them short
     e.tick(1000)
     assert e.attempts_held == (0, 0)
-    assert len(e._fresh) <= 3 * 64 and len(e._advanced) <= 3 * 64
+    assert len(e._fresh) == len(e._advanced) == 0
 
 
 # -- a real knock during a flood --------------------------------------------------------------

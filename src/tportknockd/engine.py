@@ -119,6 +119,11 @@ _new_attempt = tuple.__new__
 
 _Table = dict[tuple[int, int, int], tuple[tuple[int, int], ...]]
 
+# Stale queue entries tolerated beyond the number of attempts held before a sweep: a sweep
+# costs about as much per entry as the attempts' own dicts, so it is kept rare when few are
+# held (a real knock leaves two stale entries behind).
+_SWEEP_MARGIN = 256
+
 # The attempts of one sequence, by packed source, in the order they started (oldest first).
 # OrderedDict, not dict: a plain dict used as a FIFO makes `next(iter(d))` walk over every
 # entry deleted since its last resize, which turned a spoofed flood quadratic.
@@ -128,13 +133,14 @@ _Attempts = OrderedDict[bytes, _Attempt]
 class _AgeQueue(deque[Any]):
     """The attempts of one kind (fresh or advanced), oldest first, every sequence together.
 
-    Flat triples (attempts of the sequence, source, start time): three appends cost a third
-    of what one insert into a dict keyed by (sequence, source) costs, on a flood's path. It
-    is lazy: an attempt that ends by the rules, or becomes advanced, is not looked for here;
-    its entry goes stale and is skipped when it reaches the front, or swept by `tidy`. An
-    entry names the attempts object, not the sequence index, so a re-indexing of the
-    sequences leaves it valid; attempts that are dropped are cleared, which makes their
-    entries stale.
+    Flat triples (attempts of the sequence, source, start time): three appends cost a fifth
+    of what one insert into an OrderedDict keyed by (sequence, source) costs, on a flood's
+    path. It is lazy: an attempt that ends by the rules, or becomes advanced, is not looked
+    for here; its entry goes stale and is skipped when it reaches the front, or swept by
+    `sweep`. An entry names the attempts object, not the sequence index, so re-indexing the
+    sequences leaves it valid; the attempts of a sequence that leaves are cleared, which makes
+    their entries stale. (An attempt broken and restarted within one clock tick leaves two
+    live-looking entries; it may then be evicted at the first one's place.)
     """
 
     def pop_oldest(self, fresh: bool) -> tuple[_Attempts, bytes, _Attempt] | None:
@@ -146,10 +152,10 @@ class _AgeQueue(deque[Any]):
                 return attempts, src, attempts[src]
         return None
 
-    def tidy(self, live: int, fresh: bool) -> None:
-        """Sweep the stale entries once they outnumber the live ones (and a margin): every
-        stale entry is swept once, and the queue holds at most about twice what is live."""
-        if len(self) <= 3 * (2 * live + 64):
+    def sweep(self, live: int, fresh: bool) -> None:
+        """Keep only the entries of live attempts (`live` of them are held)."""
+        if not live:
+            self.clear()
             return
         entries = list(self)
         self.clear()
@@ -214,8 +220,10 @@ class Engine:
     _fresh_evicted: int = field(init=False, default=0)
     _advanced_evicted: int = field(init=False, default=0)
     _refused: int = field(init=False, default=0)
+    _stale: int = field(init=False, default=0)  # queue entries gone stale since the last sweep
 
     def __post_init__(self) -> None:
+        self._advanced_limit = advanced_limit(self.max_attempts)
         self._sequences = []
         self._by_key: dict[SequenceKey, LiveSequence] = {}
         self._retired: dict[SequenceKey, LiveSequence] = {}
@@ -238,7 +246,7 @@ class Engine:
         self._attempts = [old.pop(seq.key, OrderedDict()) for seq in self._sequences]
         for attempts in old.values():  # those of the sequences that are no longer matched
             self._discard(attempts)
-        self._tidy()
+        self._check_stale()
         self.doors.forget_unreachable(self._sequences)
 
     @property
@@ -277,8 +285,8 @@ class Engine:
                 return
             if matched == 2:
                 self._promote(attempts, src, attempt.started, out)
-            else:
-                attempts[src] = _Attempt(attempt.started, matched)  # keeps its place in order
+            else:  # keeps its place in order
+                attempts[src] = _new_attempt(_Attempt, (attempt.started, matched))
             self._note(out, sequence, src, "advanced", matched)
         elif mask >> (attempt.matched - 1) & 1:
             self._note(out, sequence, src, "retransmission", attempt.matched)
@@ -331,12 +339,14 @@ class Engine:
         """The attempt matched its second frame: it becomes advanced, out of the reach of a
         first-frame flood. Room is made first, while the attempt is still fresh (so that it
         cannot be the one evicted)."""
-        if self._advanced_count >= advanced_limit(self.max_attempts):
+        if self._advanced_count >= self._advanced_limit:
             self._evict_advanced(out)
-        attempts[src] = _Attempt(started, 2)
+        attempts[src] = _new_attempt(_Attempt, (started, 2))
         self._advanced.extend((attempts, src, started))
         self._advanced_count += 1
-        self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
+        self._stale += 1  # its entry among the fresh ones
+        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+            self._sweep()
 
     def _evict_advanced(self, out: list[Action]) -> None:
         """Drop the advanced attempt that became advanced first, whatever its sequence."""
@@ -350,11 +360,13 @@ class Engine:
 
     def _drop(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
         """An attempt ended by the rules (completed, broken, expired)."""
-        self._forget(attempts, src, attempt)
-        if attempt.matched == 1:
-            self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
-        else:
-            self._advanced.tidy(self._advanced_count, fresh=False)
+        del attempts[src]  # _forget, inlined
+        self._attempt_count -= 1
+        if attempt.matched > 1:
+            self._advanced_count -= 1
+        self._stale += 1
+        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+            self._sweep()
 
     def _forget(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
         del attempts[src]
@@ -366,11 +378,20 @@ class Engine:
         """Forget all of a sequence's attempts (their queue entries go stale)."""
         self._attempt_count -= len(attempts)
         self._advanced_count -= sum(1 for attempt in attempts.values() if attempt.matched > 1)
+        self._stale += len(attempts)
         attempts.clear()
 
-    def _tidy(self) -> None:
-        self._fresh.tidy(self._attempt_count - self._advanced_count, fresh=True)
-        self._advanced.tidy(self._advanced_count, fresh=False)
+    def _check_stale(self) -> None:
+        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Sweep the queues' stale entries, now that they outnumber the attempts held (plus a
+        margin): each stale entry is swept once, and the queues never hold much more than
+        twice the attempts held."""
+        self._fresh.sweep(self._attempt_count - self._advanced_count, fresh=True)
+        self._advanced.sweep(self._advanced_count, fresh=False)
+        self._stale = 0
 
     def _sequence_of(self, attempts: _Attempts) -> LiveSequence:
         return next(
@@ -424,8 +445,9 @@ class Engine:
                 if now - attempt.started <= sequence.event.timeout:
                     break
                 self._forget(attempts, src, attempt)
+                self._stale += 1
                 self._note(out, sequence, src, "expired", attempt.matched)
-        self._tidy()
+        self._check_stale()
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `tick` has something to do, or None."""
