@@ -52,8 +52,9 @@ Fresh attempts may fill whatever the advanced ones leave: at least seven eighths
 attempts are swept by `tick` without waiting for traffic.
 
 Cost: a packet costs one dict lookup in a table built from the live sequences, plus one dict
-lookup per sequence that the packet can advance; starting an attempt adds three appends to a
-queue, and an eviction pops that queue's front.
+lookup per sequence that the packet can advance. Starting an attempt adds three appends to the
+queue of fresh attempts, and an eviction pops its front; the entries of attempts that end
+otherwise are left in place and swept in bulk once they outnumber the attempts held.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def _frame_masks(sequences: Sequence[LiveSequence]) -> _Table:
 @dataclass
 class Engine:
     config: Config
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # its advanced share is fixed when made
     trace: bool = False
     doors: Doors = field(init=False, default_factory=Doors)
     _sequences: list[LiveSequence] = field(init=False, repr=False)
