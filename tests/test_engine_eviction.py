@@ -1,9 +1,9 @@
 """Eviction in the engine: a flood of first frames only ever evicts other fresh attempts.
 
-Fresh attempts (one frame matched) and advanced ones (two or more) are kept apart: a new
-attempt evicts the oldest fresh one, never an advanced one; advanced ones are bounded by a
-share of their own (`advanced_limit`) and evict only each other. The last tests compare the
-engine with a slow, literal reading of those rules on random streams.
+Fresh attempts (one frame matched) and advanced ones (two or more) are bounded apart, as in
+the kernel engine's two maps: a new attempt evicts the oldest fresh one, never an advanced
+one; advanced ones (`advanced_limit`, or `max_advanced`) evict only each other. The last tests
+compare the engine with a slow, literal reading of those rules on random streams.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_engine import A, B, engine, event, knock, pkt, starts, udp
+from tportknockd import kernel_matching
 from tportknockd.engine import (
     _SWEEP_MARGIN,
+    ADVANCED_SHARE,
     DEFAULT_MAX_ATTEMPTS,
     Engine,
     Progress,
@@ -58,11 +60,12 @@ def flood(e: Engine, count: int, now: float) -> list:
 # -- the rules --------------------------------------------------------------------------------
 
 
-def test_the_shares_are_the_kernel_engines() -> None:
+def test_the_bounds_are_the_kernel_engines() -> None:
     kernel = Capacity()
     assert kernel.fresh_attempts == DEFAULT_MAX_ATTEMPTS
     assert advanced_limit(DEFAULT_MAX_ATTEMPTS) == kernel.advanced_attempts == 8192
-    assert [advanced_limit(n) for n in (1, 7, 8, 16, 17)] == [1, 1, 1, 2, 2]
+    assert ADVANCED_SHARE == kernel_matching.ADVANCED_SHARE
+    assert [advanced_limit(n) for n in (1, 512, 520, 1024)] == [64, 64, 65, 128]
 
 
 def test_a_first_frame_flood_cannot_evict_an_advanced_attempt() -> None:
@@ -70,11 +73,11 @@ def test_a_first_frame_flood_cannot_evict_an_advanced_attempt() -> None:
     knock(e, [udp(1), udp(2)], src=A)  # A is advanced
     e.feed(pkt(udp(1), B), 0.3)  # B is fresh
     flood(e, 1000, 1.0)
-    assert e.attempts_held == (15, 1)
-    assert e.evictions == (1 + 1000 - 15, 0)  # B and the flood's oldest, never A
+    assert e.attempts_held == (16, 1)
+    assert e.evictions == (1 + 1000 - 16, 0)  # B and the flood's oldest, never A
     assert e.feed(pkt(udp(2), B), 2) == []  # B's first frame was evicted
     assert starts(e.feed(pkt(udp(3), A), 2)) == [("ev", A)]
-    assert e.attempts_held == (15, 0)
+    assert e.attempts_held == (16, 0)
 
 
 def test_the_oldest_fresh_attempt_goes_first_whatever_its_event() -> None:
@@ -89,47 +92,51 @@ def test_the_oldest_fresh_attempt_goes_first_whatever_its_event() -> None:
     assert e.evictions == (3, 0)
 
 
-def test_an_attempt_that_advances_leaves_the_fresh_ones_order() -> None:
-    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=3, trace=True)
+def test_an_attempt_that_advances_leaves_the_fresh_ones() -> None:
+    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=2, trace=True)
     e.feed(pkt(udp(1), A), 0)
     e.feed(pkt(udp(1), B), 1)
     e.feed(pkt(udp(2), A), 2)  # A, the oldest, advances: B is now the oldest fresh one
     e.feed(pkt(udp(1), C), 3)
+    assert e.attempts_held == (2, 1)
     assert traced(e.feed(pkt(udp(1), spoofed(0)), 4), "evicted") == [("ev", B)]
     assert traced(e.feed(pkt(udp(1), spoofed(1)), 5), "evicted") == [("ev", C)]
     assert starts(e.feed(pkt(udp(3), A), 6)) == [("ev", A)]
 
 
 def test_advanced_attempts_are_bounded_and_evict_only_each_other() -> None:
-    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=16, trace=True)
-    assert advanced_limit(16) == 2
-    for src, now in ((B, 0), (A, 1), (C, 2)):
-        e.feed(pkt(udp(1), src), now)
-    e.feed(pkt(udp(2), A), 3)  # A becomes advanced first, though B started first
-    e.feed(pkt(udp(2), B), 4)
+    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=4, trace=True)
+    assert advanced_limit(4) == 64
+    e.feed(pkt(udp(1), B), 0)
+    e.feed(pkt(udp(1), A), 1)
+    e.feed(pkt(udp(2), A), 2)  # A becomes advanced first, though B started first
+    e.feed(pkt(udp(2), B), 3)
+    for index in range(62):
+        knock(e, [udp(1), udp(2)], src=spoofed(index), t0=4)
+    assert e.attempts_held == (0, 64) and e.evictions == (0, 0)
+    e.feed(pkt(udp(1), C), 5)
     assert traced(e.feed(pkt(udp(2), C), 5), "evicted") == [("ev", A)]
-    assert e.attempts_held == (0, 2)
+    assert e.attempts_held == (0, 64)
     assert e.evictions == (0, 1)
     assert e.feed(pkt(udp(3), A), 6) == []  # A holds nothing any more
     assert starts(e.feed(pkt(udp(3), B), 6)) == [("ev", B)]
     assert starts(e.feed(pkt(udp(3), C), 6)) == [("ev", C)]
 
 
-def test_a_first_frame_is_refused_when_every_attempt_held_is_advanced() -> None:
-    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=1, trace=True)
-    knock(e, [udp(1), udp(2)], src=A)
-    assert traced(e.feed(pkt(udp(1), B), 1), "refused") == [("ev", B)]
-    assert e.refused == 1 and e.attempts_held == (0, 1) and e.evictions == (0, 0)
-    assert e.feed(pkt(udp(2), B), 1.1) == []  # B holds nothing
-    assert starts(e.feed(pkt(udp(3), A), 2)) == [("ev", A)]
-    assert traced(e.feed(pkt(udp(1), B), 3), "started") == [("ev", B)]
+def test_the_advanced_bound_can_be_set() -> None:
+    e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=4, max_advanced=2)
+    for src in (A, B, C):
+        knock(e, [udp(1), udp(2)], src=src)
+    assert e.attempts_held == (0, 2) and e.evictions == (0, 1)
+    assert e.feed(pkt(udp(3), A), 1) == []
+    assert starts(e.feed(pkt(udp(3), B), 1)) == [("ev", B)]
 
 
 def test_without_trace_evictions_are_counted_not_reported() -> None:
     e = engine(event("ev", udp(1), udp(2), udp(3)), max_attempts=1)
-    knock(e, [udp(1), udp(2)], src=A)
+    e.feed(pkt(udp(1), A), 0)
     assert e.feed(pkt(udp(1), B), 1) == []
-    assert e.refused == 1
+    assert e.evictions == (1, 0) and e.attempts_held == (1, 0)
 
 
 def test_a_two_frame_sequence_completes_from_fresh() -> None:
@@ -158,15 +165,14 @@ def test_counts_follow_expiry_breaks_and_completions() -> None:
 
 def test_attempts_survive_re_indexing_with_their_kind_and_order() -> None:
     e = engine(event("one", udp(1), udp(2), udp(3)), event("two", udp(5), udp(6), udp(7)),
-               max_attempts=4, trace=True)
+               max_attempts=2, trace=True)
     knock(e, [udp(1), udp(2)], src=A)  # advanced in "one"
     e.feed(pkt(udp(5), B), 1)  # the oldest fresh attempt, in "two"
     e.feed(pkt(udp(1), C), 2)
     e.set_sequences(list(reversed(e.sequences)))  # "two" is now index 0
     assert e.attempts_held == (2, 1)
-    e.feed(pkt(udp(5), spoofed(0)), 3)
-    assert traced(e.feed(pkt(udp(5), spoofed(1)), 4), "evicted") == [("two", B)]
-    assert traced(e.feed(pkt(udp(5), spoofed(2)), 5), "evicted") == [("one", C)]
+    assert traced(e.feed(pkt(udp(5), spoofed(0)), 3), "evicted") == [("two", B)]
+    assert traced(e.feed(pkt(udp(5), spoofed(1)), 4), "evicted") == [("one", C)]
     assert starts(e.feed(pkt(udp(3), A), 6)) == [("one", A)]
 
 
@@ -212,12 +218,14 @@ def test_the_queues_stay_bounded_when_attempts_end_by_the_rules() -> None:
 @given(
     length=st.integers(3, 6),
     max_attempts=st.integers(2, 24),
+    max_advanced=st.integers(1, 4),
     flood_size=st.integers(0, 3000),
     cuts=st.lists(st.floats(0, 1), min_size=4, max_size=4),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_a_real_knock_with_two_frames_in_survives_any_first_frame_flood(
-    length: int, max_attempts: int, flood_size: int, cuts: list[float], seed: int
+    length: int, max_attempts: int, max_advanced: int, flood_size: int, cuts: list[float],
+    seed: int,
 ) -> None:
     """Whatever the flood's size, its sources (drawn with repeats from 198.18.0.0/15) and
     where the knock's remaining frames fall in it, a knock whose first two frames are in
@@ -226,7 +234,7 @@ def test_a_real_knock_with_two_frames_in_survives_any_first_frame_flood(
     """
     frames = [udp(1 + index) for index in range(length)]
     e = engine(event("ev", *frames), event("other", udp(1), udp(99)),
-               max_attempts=max_attempts)
+               max_attempts=max_attempts, max_advanced=max_advanced)
     out = knock(e, frames[:2], src=A)
     assert e.attempts_held == (1, 1)  # A: advanced in "ev", fresh in "other"
     draw = random.Random(seed)
@@ -238,8 +246,7 @@ def test_a_real_knock_with_two_frames_in_survives_any_first_frame_flood(
     for index, packet in enumerate(stream):
         out += e.feed(packet, 1.0 + index * 0.0001)
     assert starts(out) == [("ev", A)]
-    assert e.attempt_count <= max_attempts
-    assert e.attempts_held[1] <= advanced_limit(max_attempts)
+    assert e.attempts_held[0] <= max_attempts
 
 
 # -- the rules, read literally ----------------------------------------------------------------
@@ -252,11 +259,12 @@ class Literal:
 
     events: tuple[Event, ...]
     max_attempts: int
-    held: dict[tuple[int, bytes], list] = field(default_factory=dict)  # started, matched, ...
+    max_advanced: int
+    # (event index, source) -> [started, matched, start order, order of becoming advanced]
+    held: dict[tuple[int, bytes], list] = field(default_factory=dict)
     order: itertools.count = field(default_factory=itertools.count)
     fired: list[tuple[str, str]] = field(default_factory=list)
     evictions: list[int] = field(default_factory=lambda: [0, 0])
-    refused: int = 0
 
     def feed(self, p: Packet, now: float) -> None:
         for index, ev in enumerate(self.events):
@@ -287,18 +295,15 @@ class Literal:
         if len(ev.frames) == 1:
             self.fired.append((ev.name, address_text(key[1])))
             return
-        if len(self.held) >= self.max_attempts:
-            fresh = [k for k, a in self.held.items() if a[1] == 1]
-            if not fresh:
-                self.refused += 1
-                return
+        fresh = [k for k, a in self.held.items() if a[1] == 1]
+        if len(fresh) >= self.max_attempts:
             del self.held[min(fresh, key=lambda k: self.held[k][2])]
             self.evictions[0] += 1
         self.held[key] = [now, 1, next(self.order), None]
 
     def promote(self, key: tuple[int, bytes], attempt: list) -> None:
         advanced = [k for k, a in self.held.items() if a[1] >= 2 and k != key]
-        if len(advanced) >= advanced_limit(self.max_attempts):
+        if len(advanced) >= self.max_advanced:
             del self.held[min(advanced, key=lambda k: self.held[k][3])]
             self.evictions[1] += 1
         attempt[3] = next(self.order)
@@ -359,12 +364,17 @@ def streams(draw: st.DrawFn, events: list[Event]) -> list[tuple[Frame | None, st
 
 
 @settings(max_examples=500, deadline=None)
-@given(data=st.data(), events=literal_events, max_attempts=st.integers(1, 8))
+@given(
+    data=st.data(),
+    events=literal_events,
+    max_attempts=st.integers(1, 8),
+    max_advanced=st.integers(1, 4),
+)
 def test_the_engine_is_the_literal_rules(
-    data: st.DataObject, events: list[Event], max_attempts: int
+    data: st.DataObject, events: list[Event], max_attempts: int, max_advanced: int
 ) -> None:
-    e = Engine(Config("test.conf", tuple(events)), max_attempts)
-    literal = Literal(tuple(events), max_attempts)
+    e = Engine(Config("test.conf", tuple(events)), max_attempts, max_advanced=max_advanced)
+    literal = Literal(tuple(events), max_attempts, max_advanced)
     fired: list[tuple[str, str]] = []
     now = 0.0
     for frame, source, dt in data.draw(streams(events)):
@@ -379,6 +389,5 @@ def test_the_engine_is_the_literal_rules(
         assert fired == literal.fired
         assert engine_state(e) == literal.state()
         assert e.attempts_held == literal.attempts_held()
-        assert e.attempt_count == len(literal.held) <= max_attempts
+        assert e.attempt_count == len(literal.held)
         assert list(e.evictions) == literal.evictions
-        assert e.refused == literal.refused

@@ -38,18 +38,18 @@ Matching rules
 
 Bounded state
 -------------
-At most `max_attempts` attempts are held, of two kinds. A *fresh* attempt has matched one
-frame: anyone can make one with a single packet, spoofed or not. An *advanced* attempt has
-matched two or more frames in order: its source knew the second frame too. Eviction keeps the
-kinds apart, so that a flood of first frames can only ever push out other fresh attempts:
-* a new attempt, when `max_attempts` are held, evicts the oldest fresh attempt (the first
-  started, whatever its event); if every attempt held is advanced, it is refused (not kept);
+Attempts are of two kinds, held apart. A *fresh* attempt has matched one frame: anyone can
+make one with a single packet, spoofed or not. An *advanced* attempt has matched two or more
+frames in order: its source knew the second frame too. Each kind has its own bound, as the
+kernel engine's two maps do (kernel_matching.py sizes them from the same `max_attempts`), so
+that a flood of first frames can only ever push out other fresh attempts:
+* at most `max_attempts` fresh attempts are held; a new attempt, when that many are, evicts
+  the oldest fresh one (the first started, whatever its event);
 * an attempt that matches its second frame becomes advanced. At most
-  `advanced_limit(max_attempts)` advanced attempts are held (an eighth, the proportion of the
-  kernel engine's maps: 65,536 fresh, 8,192 advanced); when that many are, the oldest one (the
-  first to have become advanced) is evicted to make room.
-Fresh attempts may fill whatever the advanced ones leave: at least seven eighths. Expired
-attempts are swept by `tick` without waiting for traffic.
+  `advanced_limit(max_attempts)` advanced attempts are held (an eighth, 64 at least: 8,192 by
+  default); when that many are, the oldest one (the first to have become advanced) is evicted
+  to make room.
+Expired attempts are swept by `tick` without waiting for traffic.
 
 Cost: a packet costs one dict lookup in a table built from the live sequences, plus one dict
 lookup per sequence that the packet can advance. Starting an attempt adds three appends to the
@@ -79,6 +79,8 @@ from tportknockd.outcomes import (
 from tportknockd.sequences import LiveSequence, SequenceKey, static_sequences
 
 __all__ = [
+    "ADVANCED_MINIMUM",
+    "ADVANCED_SHARE",
     "DEFAULT_MAX_ATTEMPTS",
     "Action",
     "Burned",
@@ -96,10 +98,15 @@ __all__ = [
 DEFAULT_MAX_ATTEMPTS = 65536
 
 
+#: Advanced attempts are bounded by this share of `max_attempts`, and by 64 at least.
+ADVANCED_SHARE = 8
+ADVANCED_MINIMUM = 64
+
+
 def advanced_limit(max_attempts: int) -> int:
-    """How many of `max_attempts` may be advanced (two or more frames matched): an eighth,
-    as in the kernel engine's maps, and at least one."""
-    return max(1, max_attempts // 8)
+    """How many advanced attempts (two or more frames matched) are held besides the
+    `max_attempts` fresh ones: the size of the kernel engine's map of them."""
+    return max(ADVANCED_MINIMUM, max_attempts // ADVANCED_SHARE)
 
 
 class _Attempt(NamedTuple):
@@ -205,8 +212,9 @@ def _frame_masks(sequences: Sequence[LiveSequence]) -> _Table:
 @dataclass
 class Engine:
     config: Config
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # its advanced share is fixed when made
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # fresh attempts held at most
     trace: bool = False
+    max_advanced: int | None = None  # advanced attempts held at most; advanced_limit() if None
     doors: Doors = field(init=False, default_factory=Doors)
     _sequences: list[LiveSequence] = field(init=False, repr=False)
     # Per sequence index, its attempts.
@@ -216,15 +224,15 @@ class Engine:
     # order they became advanced (see "Bounded state" above).
     _fresh: _AgeQueue = field(init=False, repr=False, default_factory=_AgeQueue)
     _advanced: _AgeQueue = field(init=False, repr=False, default_factory=_AgeQueue)
-    _attempt_count: int = field(init=False, default=0)
+    _fresh_count: int = field(init=False, default=0)
     _advanced_count: int = field(init=False, default=0)
     _fresh_evicted: int = field(init=False, default=0)
     _advanced_evicted: int = field(init=False, default=0)
-    _refused: int = field(init=False, default=0)
     _stale: int = field(init=False, default=0)  # queue entries gone stale since the last sweep
 
     def __post_init__(self) -> None:
-        self._advanced_limit = advanced_limit(self.max_attempts)
+        limit = self.max_advanced
+        self._advanced_limit = advanced_limit(self.max_attempts) if limit is None else max(1, limit)
         self._sequences = []
         self._by_key: dict[SequenceKey, LiveSequence] = {}
         self._retired: dict[SequenceKey, LiveSequence] = {}
@@ -303,12 +311,10 @@ class Engine:
         if len(sequence.frames) == 1:
             self.doors.complete(sequence, address_text(src), now, out)
             return
-        if self._attempt_count < self.max_attempts:
-            self._attempt_count += 1
+        if self._fresh_count < self.max_attempts:
+            self._fresh_count += 1
         elif not self._evict_fresh(out):  # the new attempt takes the evicted one's place
-            self._refused += 1  # every attempt held is advanced: out of a first frame's reach
-            self._note(out, sequence, src, "refused", 1)
-            return
+            return  # max_attempts < 1: nothing is held
         attempts = self._attempts[seq_index]
         attempts[src] = _new_attempt(_Attempt, (now, 1))
         self._fresh.extend((attempts, src, now))
@@ -317,11 +323,11 @@ class Engine:
 
     def _evict_fresh(self, out: list[Action]) -> bool:
         """Drop the oldest fresh attempt, whatever its sequence, without counting it out (its
-        place is taken at once). False: every attempt held is advanced.
+        place is taken at once). False: there is none.
 
         _AgeQueue.pop_oldest and _forget, inlined: a full engine under a flood of first
         frames runs this for every packet."""
-        if self._attempt_count == self._advanced_count:
+        if not self._fresh_count:
             return False
         queue = self._fresh
         popleft = queue.popleft
@@ -344,9 +350,10 @@ class Engine:
             self._evict_advanced(out)
         attempts[src] = _new_attempt(_Attempt, (started, 2))
         self._advanced.extend((attempts, src, started))
+        self._fresh_count -= 1
         self._advanced_count += 1
         self._stale += 1  # its entry among the fresh ones
-        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+        if self._stale > self._fresh_count + self._advanced_count + _SWEEP_MARGIN:
             self._sweep()
 
     def _evict_advanced(self, out: list[Action]) -> None:
@@ -362,35 +369,38 @@ class Engine:
     def _drop(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
         """An attempt ended by the rules (completed, broken, expired)."""
         del attempts[src]  # _forget, inlined
-        self._attempt_count -= 1
-        if attempt.matched > 1:
+        if attempt.matched == 1:
+            self._fresh_count -= 1
+        else:
             self._advanced_count -= 1
         self._stale += 1
-        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+        if self._stale > self._fresh_count + self._advanced_count + _SWEEP_MARGIN:
             self._sweep()
 
     def _forget(self, attempts: _Attempts, src: bytes, attempt: _Attempt) -> None:
         del attempts[src]
-        self._attempt_count -= 1
-        if attempt.matched > 1:
+        if attempt.matched == 1:
+            self._fresh_count -= 1
+        else:
             self._advanced_count -= 1
 
     def _discard(self, attempts: _Attempts) -> None:
         """Forget all of a sequence's attempts (their queue entries go stale)."""
-        self._attempt_count -= len(attempts)
-        self._advanced_count -= sum(1 for attempt in attempts.values() if attempt.matched > 1)
+        advanced = sum(1 for attempt in attempts.values() if attempt.matched > 1)
+        self._advanced_count -= advanced
+        self._fresh_count -= len(attempts) - advanced
         self._stale += len(attempts)
         attempts.clear()
 
     def _check_stale(self) -> None:
-        if self._stale > self._attempt_count + _SWEEP_MARGIN:
+        if self._stale > self._fresh_count + self._advanced_count + _SWEEP_MARGIN:
             self._sweep()
 
     def _sweep(self) -> None:
         """Sweep the queues' stale entries, now that they outnumber the attempts held (plus a
         margin): each stale entry is swept once, and the queues never hold much more than
         twice the attempts held."""
-        self._fresh.sweep(self._attempt_count - self._advanced_count, fresh=True)
+        self._fresh.sweep(self._fresh_count, fresh=True)
         self._advanced.sweep(self._advanced_count, fresh=False)
         self._stale = 0
 
@@ -464,22 +474,17 @@ class Engine:
 
     @property
     def attempt_count(self) -> int:
-        return self._attempt_count
+        return self._fresh_count + self._advanced_count
 
     @property
     def attempts_held(self) -> tuple[int, int]:
         """(fresh, advanced): attempts held with one frame matched, and with two or more."""
-        return self._attempt_count - self._advanced_count, self._advanced_count
+        return self._fresh_count, self._advanced_count
 
     @property
     def evictions(self) -> tuple[int, int]:
         """(fresh, advanced): attempts evicted so far to make room for others."""
         return self._fresh_evicted, self._advanced_evicted
-
-    @property
-    def refused(self) -> int:
-        """First frames not kept because every attempt held was advanced."""
-        return self._refused
 
     # -- life cycle -----------------------------------------------------------------------
 
