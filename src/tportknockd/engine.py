@@ -141,7 +141,7 @@ _Attempts = OrderedDict[bytes, _Attempt]
 class _AgeQueue(deque[Any]):
     """The attempts of one kind (fresh or advanced), oldest first, every sequence together.
 
-    Flat triples (attempts of the sequence, source, start time): three appends cost a fifth
+    Flat triples (attempts of the sequence, source, start time): appending one costs a third
     of what one insert into an OrderedDict keyed by (sequence, source) costs, on a flood's
     path. It is lazy: an attempt that ends by the rules, or becomes advanced, is not looked
     for here; its entry goes stale and is skipped when it reaches the front, or swept by
