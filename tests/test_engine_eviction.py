@@ -19,7 +19,6 @@ from test_engine import A, B, engine, event, knock, pkt, starts, udp
 from tportknockd import kernel_matching
 from tportknockd.engine import (
     _SWEEP_MARGIN,
-    ADVANCED_SHARE,
     DEFAULT_MAX_ATTEMPTS,
     Engine,
     Progress,
@@ -64,7 +63,7 @@ def test_the_bounds_are_the_kernel_engines() -> None:
     kernel = Capacity()
     assert kernel.fresh_attempts == DEFAULT_MAX_ATTEMPTS
     assert advanced_limit(DEFAULT_MAX_ATTEMPTS) == kernel.advanced_attempts == 8192
-    assert ADVANCED_SHARE == kernel_matching.ADVANCED_SHARE
+    assert kernel_matching.advanced_limit is advanced_limit  # the kernel maps are sized by it
     assert [advanced_limit(n) for n in (1, 512, 520, 1024)] == [64, 64, 65, 128]
 
 

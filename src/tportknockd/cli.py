@@ -46,7 +46,8 @@ tportknockd {__version__} - tiny port-knocking daemon
 long options:
   --pid-file FILE         pid file in daemon mode (default {DEFAULT_PID_FILE})
   --log-file FILE         log to FILE (as well as stderr, or instead of syslog with -D)
-  --max-attempts N        knock attempts in progress kept at most (default {DEFAULT_MAX_ATTEMPTS})
+  --max-attempts N        knock attempts with one frame in kept at most (default
+                          {DEFAULT_MAX_ATTEMPTS}); those further on get an eighth of it besides
   --max-commands N        commands running at once at most (default {DEFAULT_MAX_RUNNING})
   --command-timeout SEC   kill a command that runs longer (default {DEFAULT_TIME_LIMIT:g})
   --ring-size MIB         capture ring size in MiB, per interface (default 2; more absorbs

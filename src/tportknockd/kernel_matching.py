@@ -17,12 +17,9 @@ from dataclasses import dataclass
 from typing import cast
 
 from tportknockd import bpfsys
-from tportknockd.engine import Action, Engine
+from tportknockd.engine import Action, Engine, advanced_limit
 from tportknockd.kernel_engine import Capacity, KernelMatcher, KnockSequence, capacity_for, explain
 from tportknockd.sequences import LiveSequence, SequenceKey
-
-#: Advanced attempts (two frames or more matched) get this share of --max-attempts.
-ADVANCED_SHARE = 8
 
 
 class KernelEngineError(Exception):
@@ -110,7 +107,7 @@ def choose(
 def _load(sequences: Sequence[LiveSequence], max_attempts: int) -> KernelMatching:
     base = Capacity(
         fresh_attempts=max_attempts,
-        advanced_attempts=max(64, max_attempts // ADVANCED_SHARE),
+        advanced_attempts=advanced_limit(max_attempts),
     )
     knock_sequences = [KnockSequence(s.key, s.frames, s.event.timeout) for s in sequences]
     # capacity_for leaves room for what a reload or the one-time windows may bring.
