@@ -60,12 +60,12 @@ otherwise are left in place and swept in bulk once they outnumber the attempts h
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from tportknockd.doors import Door, Doors
-from tportknockd.model import PROTO_TCP, Config, Packet, address_text
+from tportknockd.model import Config, Packet, address_text
 from tportknockd.outcomes import (
     Action,
     Burned,
@@ -197,13 +197,7 @@ def _frame_masks(sequences: Sequence[LiveSequence]) -> _Table:
     masks: dict[tuple[int, int, int], dict[int, int]] = {}
     for seq_index, sequence in enumerate(sequences):
         for frame_index, frame in enumerate(sequence.frames):
-            if frame.protocol != PROTO_TCP:
-                flag_values: Iterable[int] = (0,)
-            elif frame.flags is None:
-                flag_values = range(256)
-            else:
-                flag_values = (frame.flags,)
-            for flags in flag_values:
+            for flags in frame.flag_bytes():
                 per_seq = masks.setdefault((frame.protocol, frame.port, flags), {})
                 per_seq[seq_index] = per_seq.get(seq_index, 0) | (1 << frame_index)
     return {key: tuple(per_seq.items()) for key, per_seq in masks.items()}

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from tportknockd import bpfsys
 from tportknockd import kernel_program as kp
-from tportknockd.model import PROTO_TCP, Frame
+from tportknockd.model import Frame
 
 #: The fresh attempts, which a flood churns, get an LRU list per CPU: an insert takes no lock
 #: that another CPU wants (measured: ~0.1 µs less per spoofed first frame). Each CPU then
@@ -143,13 +143,7 @@ def _hits_by_key(
 
 
 def _frame_keys(frame: Frame) -> Iterable[int]:
-    if frame.protocol != PROTO_TCP:
-        flag_values: Iterable[int] = (0,)
-    elif frame.flags is None:
-        flag_values = range(256)
-    else:
-        flag_values = (frame.flags,)
-    return (frame.protocol << 24 | flags << 16 | frame.port for flags in flag_values)
+    return (frame.protocol << 24 | flags << 16 | frame.port for flags in frame.flag_bytes())
 
 
 class KernelMatcher:

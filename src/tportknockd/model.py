@@ -6,6 +6,7 @@ them, capture produces `Packet`s.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import NamedTuple
@@ -68,6 +69,16 @@ class Frame:
         if self.flags is None:
             return f"{head} any flags"
         return f"{head} {describe_flags(self.flags)}"
+
+    def flag_bytes(self) -> Iterable[int]:
+        """The TCP flag bytes a packet matching this frame may carry: its own, all 256 for
+        `i`; 0 for UDP (packets carry flags 0 there). Both engines expand frames so, to
+        match a packet with one table lookup."""
+        if self.protocol != PROTO_TCP:
+            return (0,)
+        if self.flags is None:
+            return range(256)
+        return (self.flags,)
 
     def matches(self, protocol: int, port: int, flags: int) -> bool:
         """Does a packet with these fields satisfy this frame?"""
