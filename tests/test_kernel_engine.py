@@ -34,12 +34,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bpfvm
 import frames_raw as fr
+from python_path import PythonPath
 from tportknockd import bpfsys
-from tportknockd import filter as cbpf
 from tportknockd import kernel_program as kp
-from tportknockd.engine import DoorExtended, Engine, RunStart
 from tportknockd.kernel_engine import (
     Capacity,
     CapacityError,
@@ -65,7 +63,6 @@ from tportknockd.model import (
     address_bytes,
     address_text,
 )
-from tportknockd.packet import parse_ethernet
 
 SERVER_V4, SERVER_V6 = "198.51.100.1", "2001:db8::1"
 LOCAL = [SERVER_V4, SERVER_V6, "fe80::1%knk0"]
@@ -83,30 +80,6 @@ def require_root() -> None:
 
 
 # -- the two pipelines -----------------------------------------------------------------------
-
-
-class PythonPath:
-    """What the daemon does today with a frame: classic filter, parser, local check, engine."""
-
-    def __init__(self, events: tuple[Event, ...], local: list[str]) -> None:
-        self.engine = Engine(Config("test.conf", events))
-        frames = [frame for event in events for frame in event.frames]
-        self.program = cbpf.compile_filter(frames, local)
-        self.local = {address_bytes(text.split("%")[0]) for text in local}
-        self.now = 0.0
-        self.knocks = 0  # packets that reached the engine and match some frame
-
-    def feed(self, frame: bytes, dt: float = 0.0) -> list[tuple[str, str]]:
-        self.now += dt
-        if frame[:6] != fr.HOST_MAC:
-            return []  # capture.py skips what is not PACKET_HOST
-        snap = bpfvm.run(self.program, frame)
-        packet = parse_ethernet(frame[:snap]) if snap else None
-        if packet is None or packet.dst not in self.local:
-            return []
-        self.knocks += packet[2:] in self.engine._table
-        actions = self.engine.feed(packet, self.now)
-        return [(a.event, a.address) for a in actions if isinstance(a, RunStart | DoorExtended)]
 
 
 class KernelPath:

@@ -20,43 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import bpfvm
-import frames_raw as fr
+from python_path import Completions, PythonPath
 from tportknockd import bpfsys
-from tportknockd import filter as cbpf
 from tportknockd import kernel_program as kp
-from tportknockd.engine import DoorExtended, Engine, RunStart
 from tportknockd.kernel_engine import KernelMatcher, KnockSequence
-from tportknockd.model import Config, Event, address_bytes, address_text
+from tportknockd.model import Event, address_text
 from tportknockd.packet import parse_ethernet, parse_ip
 
-Completions = list[tuple[str, str]]
-
-
-class PythonPath:
-    def __init__(self, events: Sequence[Event], local: Sequence[str]) -> None:
-        self.config = Config("fuzz.conf", tuple(events))
-        frames = [frame for event in events for frame in event.frames]
-        self.program = cbpf.compile_filter(frames, local)
-        self.local = {address_bytes(text.split("%")[0]) for text in local}
-        self.reset()
-
-    def reset(self) -> None:
-        self.engine = Engine(self.config)
-        self.now = 0.0
-        self.knocks = 0
-
-    def feed(self, frame: bytes, dt: float) -> Completions:
-        self.now += dt
-        if frame[:6] != fr.HOST_MAC:
-            return []  # capture.py skips what is not PACKET_HOST
-        snap = bpfvm.run(self.program, frame)
-        packet = parse_ethernet(frame[:snap]) if snap else None
-        if packet is None or packet.dst not in self.local:
-            return []
-        self.knocks += packet[2:] in self.engine._table
-        actions = self.engine.feed(packet, self.now)
-        return [(a.event, a.address) for a in actions if isinstance(a, RunStart | DoorExtended)]
+__all__ = ["Completions", "KernelPath", "PythonPath", "probe_parsers"]
 
 
 def probe_parsers(frame: bytes, offset: int, length: int) -> None:
