@@ -75,9 +75,6 @@ class Schedule:
         """A list's first unused line is now `head` (None: used up)."""
         self._heads[event_name] = head
 
-    def list_head(self, event_name: str) -> ListHead | None:
-        return self._heads.get(event_name)
-
 
 def static_sequences(config: Config) -> list[LiveSequence]:
     """The sequences that do not depend on the time (one-time lists at their loaded line)."""
