@@ -33,6 +33,7 @@ class FakeCapture:
     ) -> None:
         self.ifname = ifname
         self.raw_ip = raw_ip
+        self.geometry = geometry
         self.program = list(program)
         self.resyncs = 0
         self.closed = False
@@ -451,3 +452,38 @@ def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
     interfaces = interfaces_on(["any"])
     interfaces.start()
     assert sorted(interfaces.listeners) == ["knk0", "wg0"]
+
+
+# --- capture rings ---------------------------------------------------------------------------
+
+
+class FakeKernelMatching:
+    """Stands in for kernel_matching.KernelMatching: its program, its local addresses."""
+
+    program = [(0x06, 0, 0, 0)]
+
+    def set_local_addresses(self, addresses: object) -> None:
+        pass
+
+
+def test_a_capture_that_carries_the_kernel_program_gets_the_small_ring(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("wg0", 6, "203.0.113.1", link_type=ARPHRD_NONE)
+    python = interfaces_on(["knk0,wg0"])
+    python.start()
+    assert capture_of(python, "knk0").geometry == RingGeometry()
+    in_kernel = interfaces_on(["knk0,wg0"])
+    in_kernel.kernel = FakeKernelMatching()  # type: ignore[assignment]
+    in_kernel.start()
+    small = RingGeometry.for_kernel_engine()
+    assert capture_of(in_kernel, "knk0").geometry == small
+    assert small.block_size * small.block_count == 256 << 10
+    # A link without an Ethernet header keeps the classic filter, Python matching, the
+    # Python engine's ring; and so does every link once --ring-size is given.
+    assert capture_of(in_kernel, "wg0").geometry == RingGeometry()
+    asked = interfaces_on(["knk0,wg0"])
+    asked.geometry = RingGeometry.of_size(3)
+    asked.kernel = FakeKernelMatching()  # type: ignore[assignment]
+    asked.start()
+    for name in ("knk0", "wg0"):
+        assert capture_of(asked, name).geometry == RingGeometry.of_size(3)

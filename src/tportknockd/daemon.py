@@ -63,7 +63,7 @@ class Options:
     max_commands: int = DEFAULT_MAX_RUNNING
     command_time_limit: float = DEFAULT_TIME_LIMIT
     state_file: str | None = state.DEFAULT_STATE_FILE
-    ring_mib: int = 2
+    ring_mib: int | None = None  # None: 2 MiB, or the kernel engine's smaller ring
     engine: str = "auto"  # one of ENGINES
 
 
@@ -93,7 +93,7 @@ class Daemon:
             self._current_frames,
             self.poller,
             self.counters,
-            RingGeometry.of_size(options.ring_mib),
+            RingGeometry.of_size(options.ring_mib) if options.ring_mib else None,
             options.refresh,
             options.debug,
         )

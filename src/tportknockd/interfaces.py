@@ -62,7 +62,8 @@ class Interfaces:
         self._frames = frames
         self._poller = poller
         self.counters = counters
-        self.geometry = geometry or RingGeometry()
+        #: The ring --ring-size asks for; None: each capture's default (see `_geometry`).
+        self.geometry = geometry
         self.refresh = refresh  # -r: re-read everything every `refresh` seconds
         self.debug = debug
         self.listeners: dict[str, Listener] = {}
@@ -79,7 +80,7 @@ class Interfaces:
     def _listener(self, name: str) -> Listener:
         listener = self.listeners.get(name)
         if listener is None:
-            listener = Listener(name, self.counters, self.geometry, self.debug)
+            listener = Listener(name, self.counters, self.debug)
             self.listeners[name] = listener
         return listener
 
@@ -271,9 +272,20 @@ class Interfaces:
             raise OSError(
                 f"its packets are neither Ethernet frames nor bare IP (link type {link.link_type})"
             )
-        listener.open(link, self._program(listener.accepted, link.framing == "raw-ip"))
+        raw_ip = link.framing == "raw-ip"
+        listener.open(link, self._program(listener.accepted, raw_ip), self._geometry(raw_ip))
         self._by_fd[listener.fileno()] = listener
         self._poller.register(listener.fileno(), select.POLLIN)
+
+    def _geometry(self, raw_ip: bool) -> RingGeometry:
+        """The ring of a new capture: what --ring-size asked for, else the kernel engine's
+        small ring where its program is attached (the ring then waits only for the rare
+        packets it passes), else the default."""
+        if self.geometry is not None:
+            return self.geometry
+        if self.kernel is not None and not raw_ip:
+            return RingGeometry.for_kernel_engine()
+        return RingGeometry()
 
     def _reopen(self, listener: Listener, link: netif.Interface) -> None:
         try:
