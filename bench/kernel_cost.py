@@ -128,7 +128,7 @@ def measure(repeat: int = 1_000_000, sources: int = 100_000, rounds: int = 5) ->
             cost.fresh_held = matcher.attempts_held()[0]
     finally:
         baseline.close()
-    cost.fresh_capacity = capacity.fresh_attempts
+    cost.fresh_capacity = capacity.fresh_slots
     cost.map_mib = capacity.map_bytes() / (1 << 20)
     return cost
 

@@ -109,22 +109,13 @@ def too_short_for_test_run(frame: bytes) -> bool:
 
 def clear(matcher: KernelMatcher) -> None:
     """Forget every attempt and unread completion (between examples)."""
-    for attempts in (matcher.fresh, matcher.advanced):
-        for key in list(attempts.walk_keys()):
-            attempts.delete(key)
+    matcher.forget_attempts()
     matcher.completions()
 
 
 def age(matcher: KernelMatcher, seconds: float) -> None:
-    """As if `seconds` had passed: every attempt started that much earlier."""
-    for attempts in (matcher.fresh, matcher.advanced):
-        for key in list(attempts.walk_keys()):
-            value = attempts.lookup(key)
-            if value is None:
-                continue
-            started, matched = kp.ATTEMPT_VALUE.unpack(value)
-            started -= round(seconds * 1e9)
-            attempts.update(key, kp.ATTEMPT_VALUE.pack(started, matched), bpfsys.BPF_EXIST)
+    """As if `seconds` had passed (the program's clock runs ahead)."""
+    matcher.advance_clock(seconds)
 
 
 @pytest.fixture(scope="module")
