@@ -62,7 +62,9 @@ mixed slot grants nothing a spoofed packet could not.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -122,8 +124,9 @@ HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 #: The clock map's value: nanoseconds added to the kernel's clock (0 in the daemon; the tests
 #: move it forward, since the kernel's clock cannot be set).
 CLOCK_VALUE = struct.Struct("=q")
-#: Local address key: address (as in ATTEMPT_KEY), family.
-LOCAL_KEY = struct.Struct("=16sI")
+#: Local address key: address (as in ATTEMPT_KEY), family, interface index: 0 for an address
+#: that counts on every interface, the index of its own for an IPv6 link-local one.
+LOCAL_KEY = struct.Struct("=16sII")
 LOCAL_VALUE = struct.Struct("=I")
 
 
@@ -172,9 +175,24 @@ def address_key(packed: bytes) -> tuple[bytes, int]:
 
 
 def local_key(text: str) -> bytes:
-    """The local address map key of an address in text (a zone such as `%eth0` is ignored)."""
-    packed = ipaddress.ip_address(text.split("%", 1)[0]).packed
-    return LOCAL_KEY.pack(*address_key(packed))
+    """The local address map key of an address in text. An IPv6 link-local address counts on
+    the interface its zone names (`fe80::1%eth0` or `%2`), on every one without a zone; other
+    addresses' zones are ignored. ValueError for a zone that names no interface."""
+    bare, _, zone = text.partition("%")
+    address = ipaddress.ip_address(bare)
+    ifindex = 0
+    if zone and address.version == 6 and address.is_link_local:
+        ifindex = _interface_index(zone)
+    return LOCAL_KEY.pack(*address_key(address.packed), ifindex)
+
+
+def _interface_index(zone: str) -> int:
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise ValueError(f"no interface {zone!r}") from None
 
 
 def attempt_key(number: int, source: bytes) -> bytes:
@@ -219,8 +237,8 @@ class MapFds:
 # that an IPv6 source and destination, adjacent in the header, arrive with one load.
 _KEY = -48  # ATTEMPT_KEY: family -48, number -44, address -40..-25
 _KEY_FAMILY, _KEY_NUMBER, _KEY_ADDRESS = -48, -44, -40
-_LOCAL = -24  # LOCAL_KEY: address -24..-9, family -8 (and 4 bytes of padding)
-_LOCAL_ADDRESS, _LOCAL_FAMILY = -24, -8
+_LOCAL = -24  # LOCAL_KEY: address -24..-9, family -8, interface index -4 (0 but for fe80::/10)
+_LOCAL_ADDRESS, _LOCAL_FAMILY, _LOCAL_IFINDEX = -24, -8, -4
 _FRAME_KEY = -56
 _VALUE = -72  # ATTEMPT_VALUE: started -72, matched -64, padding -60
 _ZERO = -76  # u32 0: the key of the counters array
@@ -243,6 +261,11 @@ _VAL = R7  # while parsing: header position; then: the frame table entry
 _NOW = R8  # while parsing: protocol / key; then: the time (ns)
 _END = R9  # while parsing: end of the bytes the parser may read
 _BUCKET_AT = R9  # then: the fresh table bucket of the current hit
+
+
+#: fe80::/10 as the program sees an address's first two bytes (loaded in host order).
+_LINK_LOCAL_PREFIX = int.from_bytes(b"\xfe\x80", sys.byteorder)
+_LINK_LOCAL_MASK = int.from_bytes(b"\xff\xc0", sys.byteorder)
 
 
 class _Hit:
@@ -507,8 +530,7 @@ class _Generator:
         self._lookup(self.maps.frames, _FRAME_KEY)
         asm.jmp(R0, "==", 0, drop)
         asm.mov(_VAL, R0)
-        self._lookup(self.maps.local, _LOCAL)
-        asm.jmp(R0, "==", 0, drop)
+        self._local_destination()
         self._increment(Counter.KNOCKS)
         asm.call(KTIME_GET_COARSE_NS)
         asm.mov(_NOW, R0)
@@ -517,6 +539,25 @@ class _Generator:
         asm.load("dw", R1, R0, 0)
         asm.alu(_NOW, "+", R1)
         self._hash_source()
+
+    def _local_destination(self) -> None:
+        """Drop unless the destination is ours: in the local map for every interface, or, for
+        an IPv6 link-local one, for the interface the packet came in on (a link-local address
+        belongs to one link, as the classic filter of each interface has it)."""
+        asm, drop = self.asm, self.drop
+        ours = asm.label()
+        self._lookup(self.maps.local, _LOCAL)
+        asm.jmp(R0, "!=", 0, ours)
+        asm.load("w", R1, FP, _LOCAL_FAMILY)
+        asm.jmp(R1, "!=", FAMILY_IPV6, drop)
+        asm.load("h", R1, FP, _LOCAL_ADDRESS)  # the first two bytes, in host order
+        asm.alu(R1, "&", _LINK_LOCAL_MASK)
+        asm.jmp(R1, "!=", _LINK_LOCAL_PREFIX, drop)
+        asm.load("w", R1, _CTX, SKB_IFINDEX)
+        asm.store("w", FP, _LOCAL_IFINDEX, R1)
+        self._lookup(self.maps.local, _LOCAL)
+        asm.jmp(R0, "==", 0, drop)
+        asm.place(ours)
 
     def _hash_source(self) -> None:
         """_HASH = the source address hashed with the seed (see _fresh_bucket)."""
