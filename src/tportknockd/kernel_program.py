@@ -274,6 +274,7 @@ class _Hit:
     def __init__(self, base: int, asm: Assembler, suffix: str) -> None:
         self.base = base
         self.checked_out = asm.label(f"checked_out{suffix}")
+        self.put = asm.label(f"put{suffix}")  # into the fresh table; _VALUE + 8: 1 if new
         self.found = asm.label(f"found{suffix}")
         self.advance = asm.label(f"advance{suffix}")
         self.absent = asm.label(f"absent{suffix}")
@@ -668,8 +669,8 @@ class _Generator:
         asm.place(retransmission)
         self._increment(Counter.RETRANSMISSIONS)
         asm.jmp(R4, "!=", 1, hit.next)
-        self._put_fresh()  # checked out above: back in, as it was
-        asm.goto(hit.next)
+        asm.store("w", FP, _VALUE + 8, 0)  # checked out above: back in as it was, not started
+        asm.goto(hit.put)
         asm.place(expired)
         self._increment(Counter.EXPIRED)
         self._delete_attempt(matched=R4)
@@ -705,41 +706,64 @@ class _Generator:
         asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
         asm.jmp(R1, "==", 1, hit.fire)
         asm.store("dw", FP, _VALUE, _NOW)
+        asm.store("w", FP, _VALUE + 8, 1)
+        asm.place(hit.put)
         self._put_fresh()
+        asm.load("w", R1, FP, _VALUE + 8)
+        asm.jmp(R1, "==", 0, hit.next)
         self._increment(Counter.STARTED)
         asm.goto(hit.next)
 
     def _put_fresh(self) -> None:
-        """Put the attempt (_KEY, started at _VALUE) in a free slot of its bucket, or else in
-        the slot of the bucket's oldest attempt, which is evicted. R5 is the slot chosen;
-        the start is written before the key, which makes the slot live."""
+        """Put the attempt (_KEY, started at _VALUE) in the first free slot of its bucket, or
+        else in the slot of the bucket's oldest attempt (the first of equals), evicted.
+
+        The oldest is found without branches (_oldest_way): a branch per slot made the
+        verifier follow every combination of them, which cost more to load than the rest of
+        the program. R2 is the chosen slot's offset; the start is written before the key,
+        which makes the slot live."""
         asm = self.asm
-        chosen = asm.label()
+        write = asm.label()
+        for way in range(FRESH_WAYS):
+            free = asm.label()
+            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size + 8)
+            asm.jmp(R1, "!=", 0, free)
+            asm.mov(R2, way * FRESH_SLOT.size)
+            asm.goto(write)
+            asm.place(free)
+        self._oldest_way()
+        asm.alu(R2, "&", FRESH_WAYS - 1)
+        asm.alu(R2, "<<", (FRESH_SLOT.size - 1).bit_length())
+        asm.load("dw", R1, FP, _COUNTERS)  # _increment, but R2 is taken
+        asm.load("dw", R3, R1, Counter.FRESH_EVICTED * 8)
+        asm.alu(R3, "+", 1)
+        asm.store("dw", R1, Counter.FRESH_EVICTED * 8, R3)
+        asm.place(write)
         asm.mov(R5, _BUCKET_AT)
-        asm.load("dw", R1, _BUCKET_AT, 8)
-        asm.jmp(R1, "==", 0, chosen)
-        asm.load("dw", R3, _BUCKET_AT, 0)  # the oldest start so far
-        for way in range(1, FRESH_WAYS):
-            slot, live, younger = way * FRESH_SLOT.size, asm.label(), asm.label()
-            asm.load("dw", R1, _BUCKET_AT, slot + 8)
-            asm.jmp(R1, "!=", 0, live)
-            asm.mov(R5, _BUCKET_AT)
-            asm.alu(R5, "+", slot)
-            asm.goto(chosen)
-            asm.place(live)
-            asm.load("dw", R1, _BUCKET_AT, slot)
-            asm.jmp(R1, "s>=", R3, younger)
-            asm.mov(R3, R1)
-            asm.mov(R5, _BUCKET_AT)
-            asm.alu(R5, "+", slot)
-            asm.place(younger)
-        self._increment(Counter.FRESH_EVICTED)  # R1, R2 only
-        asm.place(chosen)
-        asm.mov(R3, 0)  # dead from here: one verifier state per slot, not per path
+        asm.alu(R5, "+", R2)
         for offset in (0, 24, 16, 8):  # start, the key's end, the key's start last
             asm.load("dw", R1, FP, _VALUE if offset == 0 else _KEY + offset - 8)
             asm.store("dw", R5, offset, R1)
-        asm.mov(R5, 0)
+
+    def _oldest_way(self) -> None:
+        """R2 = the way of the bucket's oldest start, R3 = that start; ties keep the first.
+        Per way: mask = (start - oldest so far) arithmetically shifted right by 63, all ones
+        exactly when this start is older; the oldest and R2 take this way's under the mask.
+        (Starts are nanoseconds of a clock since boot: their differences cannot overflow.)"""
+        asm = self.asm
+        asm.load("dw", R3, _BUCKET_AT, 0)
+        asm.mov(R2, 0)
+        for way in range(1, FRESH_WAYS):
+            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size)
+            asm.alu(R1, "-", R3)  # this start - the oldest so far
+            asm.mov(R4, R1)
+            asm.alu(R4, "s>>", 63)  # all ones if this one is older
+            asm.alu(R1, "&", R4)
+            asm.alu(R3, "+", R1)
+            asm.mov(R1, way)
+            asm.alu(R1, "^", R2)
+            asm.alu(R1, "&", R4)
+            asm.alu(R2, "^", R1)
 
     def _delete_attempt(self, matched: Reg) -> None:
         """The attempt with `matched` frames ends: an advanced one is deleted from its map; a
