@@ -11,10 +11,11 @@ example (first frame udp:1234). Rows:
   a retransmission of frame 0).
 * first frame, an attempt inserted on every run (repeat): the frame table entry is rewritten
   by this script with a timeout of -1 ns, so that every run finds the previous run's attempt
-  expired, deletes it and inserts a new one: the flood's path with warm caches, plus a delete.
+  expired, takes it out and puts a new one in: the flood's path with warm caches.
 * first frame, a new source each time (a spoofed flood): one run per call, so each one
-  inserts an attempt (and, once the fresh map is full, evicts one). The kernel times a single
-  run with two clock reads; the same measurement of an empty program is subtracted.
+  inserts an attempt (and, once the fresh table is full, evicts one). The kernel times a
+  single run with two clock reads; the same measurement of an empty program is subtracted.
+  Each run follows a system call, with caches cold: this overstates what a flood costs.
 * a frame that is no knock (a port no sequence uses), and one to an address not ours: what
   all other traffic pays.
 

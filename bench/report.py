@@ -397,14 +397,16 @@ NOTES = [
     "the README's `ssh` example runs over frames in memory (BPF_PROG_TEST_RUN: nothing is "
     f"sent), {KERNEL_COST_REPEAT:,} runs per call, the best of the rounds. *First frame, "
     "same source*: the attempt exists after the first run (the look-up path). *Inserted "
-    "every run*: the attempt is made to expire at once, so each run deletes it and inserts "
-    "a new one (a spoofed flood's path with warm caches, plus a delete). *New source each "
-    "run*: one run per call for each of 100,000 spoofed sources (20,000 with --quick), the "
-    "median less that of an empty program, the fresh map full (evictions) after the first "
-    "round. The target (≤ 0.2 µs, issue 8) is checked on the two first-frame rows "
+    "every run*: the attempt is made to expire at once, so each run takes it out and puts "
+    "a new one in (a spoofed flood's path with warm caches). *New source each run*: one run "
+    "per call for each of 100,000 spoofed sources (20,000 with --quick), the median less "
+    "that of an empty program, the fresh table full (evictions) after the first round; "
+    "each run starts with caches cold from the system call, so this overstates a flood. "
+    "The target (≤ 0.2 µs, issue 8) is checked on the two first-frame rows "
     "measured with repeated runs.",
     "- Kernel memory: the kernel engine's own figure in its `engine:` line (the "
-    "preallocated LRU attempt maps and the completions' ring buffer); it is not in the "
+    "preallocated fresh table and advanced LRU map, and the completions' ring buffer); it "
+    "is not in the "
     "daemon's RSS.",
 ]
 
