@@ -15,7 +15,9 @@ example (first frame udp:1234). Rows:
 * first frame, a new source each time (a spoofed flood): one run per call, so each one
   inserts an attempt (and, once the fresh table is full, evicts one). The kernel times a
   single run with two clock reads; the same measurement of an empty program is subtracted.
-  Each run follows a system call, with caches cold: this overstates what a flood costs.
+  Each run follows a system call, with caches cold. What a real flood costs, in the receive
+  path with the network stack's own cache traffic, `make bench` measures in its scenarios
+  (bench.program_stats: the kernel's run statistics of the daemon's program).
 * a frame that is no knock (a port no sequence uses), and one to an address not ours: what
   all other traffic pays.
 * what the kernel's run statistics cost (BPF_ENABLE_STATS, which `make bench` holds on during

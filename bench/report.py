@@ -418,7 +418,8 @@ NOTES = [
     "a new one in (a spoofed flood's path with warm caches). *New source each run*: one run "
     "per call for each of 100,000 spoofed sources (20,000 with --quick), the median less "
     "that of an empty program, the fresh table full (evictions) after the first round; "
-    "each run starts with caches cold from the system call, so this overstates a flood. "
+    "each run starts with caches cold from the system call; what a real flood costs is in "
+    "each scenario's *ns per run (bpf stats)* row. "
     "The target (≤ 0.2 µs, issue 8) is checked on the two first-frame rows "
     "measured with repeated runs.",
     "- Kernel engine's program, runs and ns per run (bpf stats): what the kernel's own run "
