@@ -18,6 +18,7 @@ from bench.daemons import DAEMONS, KERNEL_COLUMN
 from bench.kernel_cost import KernelCost, describe, measure
 from bench.measure import machine
 from bench.plot import plot
+from bench.program_stats import start_statistics
 from bench.report import Table, closing_line, render_markdown, results_json, write
 from bench.runner import run_all
 from bench.scenarios import SCENARIOS
@@ -81,17 +82,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemons = [d for d in DAEMONS if d.name in chosen]
     os.sched_setaffinity(0, {GENERATOR_CPU})
     began = time.monotonic()
-    cost = kernel_cost(settings) if any(d.name == KERNEL_COLUMN for d in daemons) else None
+    kernel = any(d.name == KERNEL_COLUMN for d in daemons)
+    cost = kernel_cost(settings) if kernel else None
+    # On from here (not during the kernel cost above, which they would slow) to the end.
+    statistics = start_statistics() if kernel else None
     workdir = Path(tempfile.mkdtemp(prefix="tpk-bench-"))
     procs = Processes()
     outcomes: list[Outcome] = []
     try:
         with Testbed() as bed:
             try:
-                run_all(bed, procs, workdir, settings, scenarios, daemons, outcomes)
+                run_all(bed, procs, workdir, settings, scenarios, daemons, outcomes,
+                        watch_programs=statistics is not None)
             finally:
                 procs.end_all()  # before the namespaces go
     finally:
+        if statistics:
+            statistics.close()
         procs.end_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -24,6 +24,7 @@ from bench.measure import (
     stat_cpu_seconds,
     wait_for,
 )
+from bench.program_stats import ProgramWatch
 from bench.report import one_line
 from bench.scenarios import Context, Scenario
 from bench.settings import Settings
@@ -34,10 +35,12 @@ from bench.traffic import Flood, Knock, Knocker
 
 def run_all(bed: Testbed, procs: Processes, workdir: Path, settings: Settings,
             scenarios: Sequence[Scenario], daemons: Sequence[Daemon],
-            outcomes: list[Outcome]) -> None:
+            outcomes: list[Outcome], watch_programs: bool = False) -> None:
     """Every scenario against every daemon, in that order; outcomes are appended as they
-    come, so an interrupted run keeps what it measured."""
-    ctx = Context(bed, procs, workdir, settings, Knocker(bed, procs), Flood(bed, procs, workdir))
+    come, so an interrupted run keeps what it measured. `watch_programs`: the kernel's run
+    statistics are on, so the kernel engine's program is read around each window."""
+    ctx = Context(bed, procs, workdir, settings, Knocker(bed, procs), Flood(bed, procs, workdir),
+                  watch_programs=watch_programs)
     for scenario in scenarios:
         for daemon in daemons:
             if not scenario.applies_to(daemon.name):
@@ -59,23 +62,28 @@ def run_scenario(ctx: Context, scenario: Scenario, daemon: Daemon) -> Outcome:
     ctx.daemon, ctx.run, ctx.conf = daemon, run, conf
     pid = run.proc.pid
     outcome.startup_s, outcome.engine = run.startup_s, run.engine
+    watch: ProgramWatch | None = None
     try:
         time.sleep(0.3)  # let start-up work (imports, first poll) settle out of the window
         outcome.rss_start_kb = memory_kb(pid)["VmRSS"]
         with Capture(ctx.bed, ctx.procs, ctx.workdir / f"{stem}.pcap") as capture, \
                 RssSampler(pid) as rss:
             ctx.capture = capture
+            watch = ProgramWatch.of_daemon(pid) if ctx.watch_programs else None
             cpu0, stat0, rx0 = cpu_seconds(pid), stat_cpu_seconds(pid), ctx.bed.rx_packets()
             started = time.monotonic()
             knocks = scenario.drive(ctx)
             _wait_for_detections(ctx.settings, scenario, knocks, out)
             outcome.cpu_s = cpu_seconds(pid) - cpu0
+            outcome.bpf_stats = watch.figures() if watch else {}
             outcome.stat_cpu_s = stat_cpu_seconds(pid) - stat0
             outcome.window_s = time.monotonic() - started
             outcome.delivered = ctx.bed.rx_packets() - rx0
             outcome.hwm_kb = memory_kb(pid)["VmHWM"]
         outcome.rss_peak_kb = max(rss.peak_kb, outcome.hwm_kb)
     finally:
+        if watch:
+            watch.close()
         outcome.statistics = daemon.stop(run)
         (ctx.workdir / f"{stem}.log").write_text("".join(run.lines))
     outcome.knocks = knock_records(knocks, detections(out), capture.last_sent())

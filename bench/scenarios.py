@@ -43,6 +43,8 @@ class Context:
     capture: Capture | None = None  # the knocks' packets as sent
     #: The daemon's counters taken during the run, by name, with "at" (Unix time).
     snapshots: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The kernel's run statistics are on: the runner reads the daemon's eBPF program.
+    watch_programs: bool = False
 
     def snapshot(self, name: str) -> None:
         """Record the daemon's counters now (if it can tell them) as `name`."""

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.program_stats import ns_per_run
+
 #: Knock kinds that must open the door (an "ece" knock must not). "moved": during a flood,
 #: after the one-time window moved (scenario f).
 GOOD_KINDS = ("", "during", "moved", "after", "exact")
@@ -39,6 +41,10 @@ class Outcome:
     snapshots: dict[str, dict[str, float]] = field(default_factory=dict)
     #: The engine the daemon said it runs (tportknockd's `engine:` line; "" for knockd).
     engine: str = ""
+    #: The kernel engine's program over the window, by the kernel's run statistics (bench.
+    #: program_stats): "id", "runs", "run_time_ns"; {} for a daemon without one, or when the
+    #: statistics were not taken.
+    bpf_stats: dict[str, int] = field(default_factory=dict)
 
 
 def engine_name(line: str) -> str | None:
@@ -111,6 +117,8 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         "engine": engine_name(outcome.engine),
         "kernel_memory_mib": kernel_memory_mib(outcome.engine),
         **{key: outcome.statistics.get(name) for key, name in KERNEL_COUNTERS.items()},
+        "program_runs": outcome.bpf_stats.get("runs"),
+        "program_ns_per_run": ns_per_run(outcome.bpf_stats),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -200,6 +201,8 @@ def test_one_line_progress() -> None:
     line = one_line(summary(flood_pps=10_000.4, ring_drops=0))
     assert line == ("detected 5/5, latency median 3.0 ms p95 4.0 max 4.5, CPU 0.010 s, "
                     "RSS peak 19.5 MB, flood 10000 pps, ring drops 0")
+    kernel = one_line(summary(ring_drops=0, program_runs=100_061, program_ns_per_run=402.6))
+    assert kernel.endswith(", ring drops 0, program 100061 runs, 403 ns per run")
 
 
 def test_results_json_round_trips() -> None:
@@ -262,7 +265,8 @@ def test_other_scenarios_have_no_window_rows() -> None:
         assert not any("window" in label for label in rows)
         # knockd has no ring drops to report, and no kernel engine.
         assert all(row.values[0] != "n/a" or label == "kernel ring drops"
-                   or label in KERNEL_COUNTER_LABELS for label, row in rows.items())
+                   or label in KERNEL_COUNTER_LABELS + PROGRAM_LABELS
+                   for label, row in rows.items())
 
 
 KERNEL_COUNTER_LABELS = ["packets the kernel engine's program saw",
@@ -270,7 +274,33 @@ KERNEL_COUNTER_LABELS = ["packets the kernel engine's program saw",
                          "… fresh attempts evicted (one frame matched)",
                          "… advanced attempts evicted (two or more)",
                          "… completions lost (ring buffer full)"]
+PROGRAM_LABELS = ["kernel engine's program: runs (bpf stats)",
+                  "… ns per run (bpf stats, their clock reads included)"]
 THREE = ["knockd", "tportknockd-python", "tportknockd-kernel"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.key)
+def test_every_scenario_has_the_kernel_programs_bpf_stats(scenario: Any) -> None:
+    """In the kernel engine's column; n/a for the daemons without an eBPF program; a dash
+    where the kernel engine ran but the statistics were not taken (or in older results)."""
+    kernel = summary(engine="kernel", program_runs=3_000_000, program_ns_per_run=151.4)
+    rows = by_label(scenario_rows(scenario.rows,
+                                  {"knockd": summary(engine=None),
+                                   "tportknockd-python": summary(engine="python"),
+                                   "tportknockd-kernel": kernel},
+                                  THREE, pairs=Table(SCENARIOS, THREE, Settings()).ratio_pairs))
+    labels = list(rows)
+    start = labels.index(PROGRAM_LABELS[0])
+    assert labels[start: start + 2] == PROGRAM_LABELS
+    expected = {"kernel engine's program: runs (bpf stats)": "3000000",
+                "… ns per run (bpf stats, their clock reads included)": "151"}
+    for label, value in expected.items():
+        assert rows[label].values == ("n/a", "n/a", value)
+        assert rows[label].ratios == ("—", "—", "—") and rows[label].target == ""
+    untaken = by_label(scenario_rows(scenario.rows, {"tportknockd-kernel": summary(
+        engine="kernel")}, THREE))
+    assert untaken[PROGRAM_LABELS[0]].values == ("—", "—", "—")
+    assert untaken[PROGRAM_LABELS[1]].values == ("—", "—", "—")
 
 
 def test_the_kernel_engines_counters_in_its_column_only() -> None:
@@ -338,6 +368,14 @@ def test_the_kernel_cost_rows_in_the_kernel_column() -> None:
     assert new.values == ("n/a", "n/a", "0.674") and new.target == ""
     assert rows["no knock: unused port (repeat)"].values[2] == "0.080"
     assert rows["program size (eBPF instructions)"].values == ("n/a", "n/a", "3503")
+    # The bpf stats rows: a dash in results without them.
+    assert rows["bpf stats: an empty program's time per run"].values == ("n/a", "n/a", "—")
+    with_stats = KernelCost(**asdict(COST) | {"rows": COST.rows | {"stats_floor": 46.3,
+                                                                    "stats_added": 65.0}})
+    rows = by_label(kernel_cost_rows(table, with_stats, "tportknockd-kernel"))
+    floor = rows["bpf stats: an empty program's time per run"]
+    assert floor.values == ("n/a", "n/a", "0.046") and floor.target == ""
+    assert rows["bpf stats: time added to each run"].values == ("n/a", "n/a", "0.065")
 
 
 def test_the_report_has_a_kernel_cost_section_only_with_a_kernel_column() -> None:

@@ -166,6 +166,18 @@ def test_the_kernel_engines_counters() -> None:
     assert python["kernel_seen"] is None and python["kernel_passed"] == 9
 
 
+def test_the_kernel_programs_runs_and_time_per_run() -> None:
+    stats = {"id": 41, "runs": 3_000_000, "run_time_ns": 450_000_000}
+    summary = summarize(Outcome("cfull", "tportknockd-kernel", bpf_stats=stats))
+    assert summary["program_runs"] == 3_000_000
+    assert summary["program_ns_per_run"] == pytest.approx(150.0)
+    idle = summarize(Outcome("a", "tportknockd-kernel",
+                             bpf_stats={"id": 41, "runs": 0, "run_time_ns": 0}))
+    assert idle["program_runs"] == 0 and idle["program_ns_per_run"] is None
+    untaken = summarize(Outcome("a", "tportknockd-python"))
+    assert untaken["program_runs"] is None and untaken["program_ns_per_run"] is None
+
+
 def test_summarize_all_by_scenario_then_daemon() -> None:
     sums = summarize_all([Outcome("a", "knockd"), Outcome("a", "tportknockd"),
                           Outcome("b", "tportknockd")])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -175,3 +176,40 @@ def test_test_run_and_per_cpu_arrays(root: None) -> None:
     finally:
         program.close()
         counters.close()
+
+
+def test_program_info_and_run_statistics(root: None) -> None:
+    """A named program's info, found by id among all programs; its runs are counted while the
+    statistics are held on, by exactly the test run's repeat count."""
+    asm = Assembler()
+    asm.ret(0)
+    program = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble(),
+                                  name="tpk_stats_test")
+    frame = bytes(12) + b"\x08\x00" + bytes(40)
+    try:
+        info = program.info()
+        assert (info.name, info.prog_type) == ("tpk_stats_test", 1)
+        assert info.id in bpfsys.program_ids()
+        again = bpfsys.Program.from_id(info.id)
+        try:
+            assert again.fd != program.fd and again.info().id == info.id
+        finally:
+            again.close()
+        with bpfsys.RunStatistics():
+            assert bpfsys.run_statistics_on()
+            before = program.info()
+            program.test_run(frame, repeat=1000)
+            after = program.info()
+        assert after.run_cnt - before.run_cnt == 1000
+        assert after.run_time_ns > before.run_time_ns
+        if not bpfsys.run_statistics_on():  # no other holder on this machine: runs not counted
+            program.test_run(frame, repeat=1000)
+            assert program.info().run_cnt == after.run_cnt
+    finally:
+        program.close()
+
+
+def test_a_program_id_that_is_not_there(root: None) -> None:
+    with pytest.raises(bpfsys.BpfError) as missing:
+        bpfsys.Program.from_id(2**31 - 1)
+    assert missing.value.errno == errno.ENOENT

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -284,6 +284,29 @@ def test_ipv6_link_local_counts_only_on_its_own_interface(kernel: Kernel) -> Non
     assert passes(interfaces, "knk0", "fe80::1") and not passes(interfaces, "knk0", "fe80::2")
     assert passes(interfaces, "knk2", "fe80::2") and not passes(interfaces, "knk2", "fe80::1")
     assert interfaces.listeners["knk0"].accepted == {"198.51.100.1", "203.0.113.1", "fe80::1"}
+
+
+class RecordingKernelEngine:
+    def __init__(self) -> None:
+        self.addresses: set[str] = set()
+
+    def set_local_addresses(self, addresses: Iterable[str]) -> None:
+        self.addresses = set(addresses)
+
+
+def test_the_kernel_engine_gets_link_local_addresses_with_their_interface(
+    kernel: Kernel,
+) -> None:
+    """One program serves every interface: a link-local address goes to its map with the
+    index of its own interface (kernel_program.local_key), the others without."""
+    kernel.add("knk0", 5, "198.51.100.1", "fe80::1%knk0")
+    kernel.add("knk2", 6, "203.0.113.1", "fe80::2%knk2")
+    interfaces = interfaces_on(["knk0", "knk2"])
+    interfaces.start()
+    engine = RecordingKernelEngine()
+    interfaces.kernel = engine  # type: ignore[assignment]
+    interfaces._sync_kernel_addresses()
+    assert engine.addresses == {"198.51.100.1", "203.0.113.1", "fe80::1%5", "fe80::2%6"}
 
 
 def test_loopback_addresses_never_count_even_on_lo(kernel: Kernel) -> None:

@@ -66,7 +66,7 @@ from tportknockd.model import (
 )
 
 SERVER_V4, SERVER_V6 = "198.51.100.1", "2001:db8::1"
-LOCAL = [SERVER_V4, SERVER_V6, "fe80::1%knk0"]
+LOCAL = [SERVER_V4, SERVER_V6, "fe80::1%lo"]  # test runs come in on lo
 A, B, A6 = "198.51.100.7", "198.51.100.8", "2001:db8::7"
 SMALL = Capacity(fresh_attempts=4096, advanced_attempts=1024, frame_keys=2048)
 
@@ -110,22 +110,13 @@ def too_short_for_test_run(frame: bytes) -> bool:
 
 def clear(matcher: KernelMatcher) -> None:
     """Forget every attempt and unread completion (between examples)."""
-    for attempts in (matcher.fresh, matcher.advanced):
-        for key in list(attempts.walk_keys()):
-            attempts.delete(key)
+    matcher.forget_attempts()
     matcher.completions()
 
 
 def age(matcher: KernelMatcher, seconds: float) -> None:
-    """As if `seconds` had passed: every attempt started that much earlier."""
-    for attempts in (matcher.fresh, matcher.advanced):
-        for key in list(attempts.walk_keys()):
-            value = attempts.lookup(key)
-            if value is None:
-                continue
-            started, matched = kp.ATTEMPT_VALUE.unpack(value)
-            started -= round(seconds * 1e9)
-            attempts.update(key, kp.ATTEMPT_VALUE.pack(started, matched), bpfsys.BPF_EXIST)
+    """As if `seconds` had passed (the program's clock runs ahead)."""
+    matcher.advance_clock(seconds)
 
 
 @pytest.fixture(scope="module")
@@ -720,7 +711,27 @@ def test_keys_keep_families_apart() -> None:
     assert kp.decode_record(kp.attempt_key(5, v4) + kp.RECORD_TAIL.pack(3)) == (5, v4, 3)
     v6 = address_bytes(A6)
     assert kp.decode_record(kp.attempt_key(7, v6)) == (7, v6, 0)
-    assert kp.local_key("fe80::1%eth0") == kp.local_key("fe80::1")
+    link_local = socket.inet_pton(socket.AF_INET6, "fe80::1")
+    assert kp.local_key("fe80::1") == kp.LOCAL_KEY.pack(link_local, 6, 0)  # every interface
+    assert kp.local_key("fe80::1%7") == kp.LOCAL_KEY.pack(link_local, 6, 7)
+    assert kp.local_key("fe80::1%lo") == kp.LOCAL_KEY.pack(link_local, 6, 1)
+    assert kp.local_key("2001:db8::1%lo") == kp.local_key("2001:db8::1")  # not link-local
+    with pytest.raises(ValueError, match="no interface 'nosuchdev'"):
+        kp.local_key("fe80::1%nosuchdev")
+
+
+def test_a_link_local_destination_counts_on_its_own_interface_only(
+    matcher: KernelMatcher,
+) -> None:
+    """Test runs come in on lo (index 1): fe80::1 counts when it is lo's, not another's."""
+    clear(matcher)
+    matcher.set_sequences([KnockSequence("one", (udp(9),), 10)])
+    knock = fr.knock(A6, "fe80::1", fr.UDP, 9)
+    for address, completes in (("fe80::1%lo", True), ("fe80::1%4242", False),
+                               ("fe80::1", True), ("fe80::2%lo", False)):  # fmt: skip
+        matcher.set_local_addresses([address])
+        matcher.program.test_run(knock)
+        assert bool(matcher.completions()) is completes, address
 
 
 def test_the_python_engine_path_does_not_import_ctypes() -> None:

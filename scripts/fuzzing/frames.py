@@ -24,7 +24,7 @@ from tportknockd.model import ACK, CWR, ECE, FIN, PROTO_TCP, PROTO_UDP, PSH, RST
 SERVER_V4, SERVER_V6, SERVER_LINK_LOCAL = "198.51.100.1", "2001:db8::1", "fe80::1"
 #: The addresses both engines are told are ours (the link-local one with its scope, as the
 #: daemon gives it).
-LOCAL = [SERVER_V4, SERVER_V6, "fe80::1%knk0"]
+LOCAL = [SERVER_V4, SERVER_V6, "fe80::1%lo"]  # test runs come in on lo
 NOT_LOCAL_V4, NOT_LOCAL_V6, NOT_LOCAL_LINK = "198.51.100.9", "2001:db8::9", "fe80::2"
 FIXED_SOURCES = ["198.51.100.7", "198.51.100.8", "2001:db8::7", "fe80::7"]
 SPOOFED_V4 = ipaddress.ip_network("198.18.0.0/15")

@@ -10,10 +10,9 @@
 Both answer the completions a frame caused, as (sequence, source) in order, and how many
 frames so far were well-formed knocks to us (the kernel's `knocks` counter).
 
-Time: the kernel's clock is real and cannot be set. Its rules only ever look at
-`now - started`, so instead of moving the present forward by dt, KernelPath moves every
-attempt's start back by dt (as tests/test_kernel_engine.py does): the program under test is
-the one that ships.
+Time: the kernel's clock is real and cannot be set. The program adds an offset from a map to
+it (0 in the daemon), which KernelPath moves forward by dt (as tests/test_kernel_engine.py
+does): the program under test is the one that ships.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from python_path import Completions, PythonPath
-from tportknockd import bpfsys
-from tportknockd import kernel_program as kp
 from tportknockd.kernel_engine import KernelMatcher, KnockSequence
 from tportknockd.model import Event, address_text
 from tportknockd.packet import parse_ethernet, parse_ip
@@ -48,9 +45,7 @@ class KernelPath:
 
     def reset(self) -> None:
         """Forget every attempt and unread completion."""
-        for attempts in (self.matcher.fresh, self.matcher.advanced):
-            for key in list(attempts.walk_keys()):
-                attempts.delete(key)
+        self.matcher.forget_attempts()
         self.matcher.completions()
         self.knocks_before = self.matcher.statistics().knocks
 
@@ -71,16 +66,8 @@ class KernelPath:
         return [(str(c.sequence), address_text(c.source)) for c in done]
 
     def age(self, seconds: float) -> None:
-        """As if `seconds` had passed: every attempt started that much earlier."""
-        for attempts in (self.matcher.fresh, self.matcher.advanced):
-            for key in list(attempts.walk_keys()):
-                value = attempts.lookup(key)
-                if value is None:
-                    continue
-                started, matched = kp.ATTEMPT_VALUE.unpack(value)
-                started -= round(seconds * 1e9)
-                value = kp.ATTEMPT_VALUE.pack(started, matched)
-                attempts.update(key, value, bpfsys.BPF_EXIST)
+        """As if `seconds` had passed: the program's clock runs that much ahead."""
+        self.matcher.advance_clock(seconds)
 
 
 class TooShort(Exception):

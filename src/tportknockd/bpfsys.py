@@ -1,4 +1,5 @@
-"""The bpf(2) system call from Python: maps, program loading, test runs, ring buffers.
+"""The bpf(2) system call from Python: maps, program loading, test runs, ring buffers, and the
+kernel's run statistics of loaded programs.
 
 Python has no binding for bpf(2), so the call goes through ctypes' `syscall()`. ctypes is
 imported on the first call, not with this module: it costs the daemon ~0.7 MB of resident
@@ -32,7 +33,14 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_NEXT_ID = 11
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_ENABLE_STATS = 32
+
+# enum bpf_stats_type.
+BPF_STATS_RUN_TIME = 0
 
 # Map types (enum bpf_map_type).
 BPF_MAP_TYPE_HASH = 1
@@ -73,6 +81,19 @@ _PROG_LOAD = struct.Struct("=IIQQIIQ")
 _PROG_NAME_OFFSET = 48  # char prog_name[16], after kern_version and prog_flags
 # prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat, duration
 _TEST_RUN = struct.Struct("=IIIIQQII")
+# start_id (or prog_id), next_id, open_flags: BPF_PROG_GET_NEXT_ID and BPF_PROG_GET_FD_BY_ID
+_GET_ID = struct.Struct("=III")
+_GET_INFO = struct.Struct("=IIQ")  # bpf_fd, info_len (in: our size; out: what was written), info
+_ENABLE_STATS = struct.Struct("=I")  # type
+
+# struct bpf_prog_info (include/uapi/linux/bpf.h), the fields we read. The kernel writes
+# min(our size, its size) bytes and says how many in info_len (a kernel with a shorter struct
+# checks that the rest of ours is zero); run_time_ns and run_cnt came in Linux 5.1.
+_PROG_INFO_SIZE = 232
+_PROG_INFO_HEAD = struct.Struct("=II")  # type, id
+_PROG_INFO_NAME = slice(64, 80)  # char name[16]
+_PROG_INFO_RUN = struct.Struct("=QQ")  # run_time_ns, run_cnt
+_PROG_INFO_RUN_OFFSET = 192
 
 #: Verifier log sizes tried, in order, until the whole log fits.
 _LOG_SIZES = (1 << 20, 1 << 24, (1 << 30) - 1)
@@ -304,6 +325,19 @@ class TestRun:
     duration_ns: int  # average run time per repetition, measured by the kernel
 
 
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What the kernel says of a loaded program (BPF_OBJ_GET_INFO_BY_FD). `run_time_ns` and
+    `run_cnt` grow only while run statistics are on (`RunStatistics`): the time spent in the
+    program and how many times it ran, over every CPU, since it was loaded."""
+
+    id: int
+    prog_type: int
+    name: str
+    run_time_ns: int
+    run_cnt: int
+
+
 @dataclass
 class Program:
     """A loaded BPF program, owned by this object."""
@@ -348,6 +382,16 @@ class Program:
         _, retval, _, _, _, _, _, duration = _TEST_RUN.unpack_from(attr.raw)
         return TestRun(retval, duration)
 
+    @classmethod
+    def from_id(cls, program_id: int) -> Program:
+        """A new descriptor of the loaded program `program_id` (BPF_PROG_GET_FD_BY_ID; needs
+        CAP_SYS_ADMIN). It keeps the program alive until closed; ENOENT if there is none."""
+        buffers = _Buffers()
+        return cls(bpf(BPF_PROG_GET_FD_BY_ID, _attr(buffers, _GET_ID, program_id, 0, 0), buffers))
+
+    def info(self) -> ProgramInfo:
+        return program_info(self.fd)
+
     def attach(self, sock: socket.socket) -> None:
         """Attach to `sock` as its socket filter (SO_ATTACH_BPF), replacing any filter, classic
         or not, atomically. The socket holds its own reference to the program."""
@@ -385,6 +429,81 @@ def _prog_load(
     )
     _name_into(attr, _PROG_NAME_OFFSET, name)
     return bpf(BPF_PROG_LOAD, attr, buffers)
+
+
+def program_info(fd: int) -> ProgramInfo:
+    """The id, type, name and run statistics of the program behind `fd`."""
+    buffers = _Buffers()
+    info = buffers.of(_PROG_INFO_SIZE)
+    attr = _attr(buffers, _GET_INFO, fd, _PROG_INFO_SIZE, buffers.address(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr, buffers)
+    _, written, _ = _GET_INFO.unpack_from(attr.raw)
+    if written < _PROG_INFO_RUN_OFFSET + _PROG_INFO_RUN.size:
+        raise BpfError(errno.EOPNOTSUPP, "this kernel gives no run statistics (Linux 5.1+)")
+    raw = info.raw
+    prog_type, program_id = _PROG_INFO_HEAD.unpack_from(raw)
+    run_time_ns, run_cnt = _PROG_INFO_RUN.unpack_from(raw, _PROG_INFO_RUN_OFFSET)
+    name = raw[_PROG_INFO_NAME].split(b"\0", 1)[0].decode("ascii", "replace")
+    return ProgramInfo(program_id, prog_type, name, run_time_ns, run_cnt)
+
+
+def program_ids() -> Iterator[int]:
+    """The ids of every program loaded on the machine, in every namespace, in increasing order
+    (BPF_PROG_GET_NEXT_ID; needs CAP_SYS_ADMIN)."""
+    current = 0
+    while True:
+        buffers = _Buffers()
+        attr = _attr(buffers, _GET_ID, current, 0, 0)
+        try:
+            bpf(BPF_PROG_GET_NEXT_ID, attr, buffers)
+        except BpfError as error:
+            if error.errno == errno.ENOENT:
+                return
+            raise
+        _, current, _ = _GET_ID.unpack_from(attr.raw)
+        yield current
+
+
+class RunStatistics:
+    """The kernel's run statistics of BPF programs (`ProgramInfo.run_time_ns`, `run_cnt`),
+    switched on while this object is open (BPF_ENABLE_STATS, Linux 5.8+; needs CAP_SYS_ADMIN).
+
+    They are machine-wide: every program's runs are timed, at the cost of two clock reads per
+    run, until the last holder closes its descriptor. Nothing is left behind when the process
+    ends (unlike the sysctl kernel.bpf_stats_enabled, which stays as it was set). EINVAL on a
+    kernel without this command."""
+
+    def __init__(self) -> None:
+        buffers = _Buffers()
+        attr = _attr(buffers, _ENABLE_STATS, BPF_STATS_RUN_TIME)
+        self.fd = bpf(BPF_ENABLE_STATS, attr, buffers)
+
+    def __enter__(self) -> RunStatistics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+#: mov r0, 0; exit: a socket filter that drops everything.
+_EMPTY_PROGRAM = struct.pack("=BBhi", 0xB7, 0, 0, 0) + struct.pack("=BBhi", 0x95, 0, 0, 0)
+
+
+def run_statistics_on() -> bool:
+    """Whether the kernel times program runs now, whoever switched it on: a RunStatistics of
+    any process, or the sysctl kernel.bpf_stats_enabled (whose file shows only its own
+    setting, not the descriptors). Found by running an empty program once: counted or not."""
+    probe = Program.load(BPF_PROG_TYPE_SOCKET_FILTER, _EMPTY_PROGRAM)
+    try:
+        probe.test_run(bytes(14))  # a socket filter's test run wants an Ethernet header
+        return probe.info().run_cnt > 0
+    finally:
+        probe.close()
 
 
 # -- ring buffers ----------------------------------------------------------------------------

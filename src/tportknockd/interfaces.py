@@ -235,13 +235,15 @@ class Interfaces:
 
     def _sync_kernel_addresses(self) -> None:
         """The kernel engine's addresses: every destination that counts on some listener (one
-        map for all sockets, so a link-local address counts on every Ethernet link)."""
+        map for all sockets), a link-local one with the index of its own interface (`%5`)."""
         if self.kernel is None:
             return
         wanted: set[str] = set()
         for listener in self.listeners.values():
             if not listener.raw_ip:
-                wanted.update(listener.accepted)
+                wanted.update(
+                    f"{a}%{listener.index}" if _is_link_local(a) else a for a in listener.accepted
+                )
         try:
             self.kernel.set_local_addresses(wanted)
         except ValueError as exc:

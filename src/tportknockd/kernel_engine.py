@@ -8,7 +8,7 @@ them). Firing, doors, stop commands and the state file stay with the caller.
 Each sequence gets a number, the key of its attempts in the kernel. A sequence handed over
 again with the same id, frames and timeout keeps its number, so attempts in progress survive a
 reload exactly when engine.Engine.reload keeps them. Numbers are never reused: attempts of a
-retired sequence can match nothing and age out of the LRU maps.
+retired sequence can match nothing and are evicted in time.
 
 Requires CAP_BPF (or root) and Linux 5.11+ (BPF ring buffers, the coarse clock); `explain`
 turns the errors of a failed start into a sentence for the log.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import struct
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,11 +27,6 @@ from typing import NamedTuple
 from tportknockd import bpfsys
 from tportknockd import kernel_program as kp
 from tportknockd.model import Frame
-
-#: The fresh attempts, which a flood churns, get an LRU list per CPU: an insert takes no lock
-#: that another CPU wants (measured: ~0.1 µs less per spoofed first frame). Each CPU then
-#: evicts among the attempts it inserted, up to its share of the map.
-FRESH_LRU_FLAGS = bpfsys.BPF_F_NO_COMMON_LRU
 
 
 class CapacityError(ValueError):
@@ -58,17 +54,28 @@ class Capacity:
 
     max_hits: int = 16  # sequences that may share one (protocol, port, flag byte)
     frame_keys: int = 16384  # (protocol, port, flag byte) entries; an `i` frame takes 256
-    fresh_attempts: int = 65536  # attempts with one frame matched (what a flood fills)
+    fresh_attempts: int = 65536  # attempts with one frame matched (what a flood fills): at
+    # least this many slots, in buckets of kp.FRESH_WAYS, a power of two of them
     advanced_attempts: int = 8192  # attempts with two or more frames matched
     local_addresses: int = 1024
     ring_bytes: int = 1 << 18  # completions waiting for user space, 32 bytes each + 8
 
+    @property
+    def fresh_buckets(self) -> int:
+        wanted = max(2, -(-self.fresh_attempts // kp.FRESH_WAYS))
+        return 1 << (wanted - 1).bit_length()
+
+    @property
+    def fresh_slots(self) -> int:
+        """The fresh attempts the table holds: fresh_attempts rounded up."""
+        return self.fresh_buckets * kp.FRESH_WAYS
+
     def map_bytes(self) -> int:
-        """A rough figure for the kernel memory the maps take (LRU maps are preallocated;
-        the frame and address tables are allocated as entries are added)."""
-        per_attempt = kp.ATTEMPT_KEY.size + kp.ATTEMPT_VALUE.size + 64  # + hash/LRU node
-        attempts = (self.fresh_attempts + self.advanced_attempts) * per_attempt
-        return attempts + self.ring_bytes
+        """A rough figure for the kernel memory the maps take (the fresh table and the LRU
+        map are preallocated; the frame and address tables grow as entries are added)."""
+        per_advanced = kp.ATTEMPT_KEY.size + kp.ATTEMPT_VALUE.size + 64  # + hash/LRU node
+        fresh = self.fresh_buckets * kp.FRESH_BUCKET_SIZE
+        return fresh + self.advanced_attempts * per_advanced + self.ring_bytes
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class KernelStats:
     fresh_deleted: int
     advanced_deleted: int
     passed: int  # handed to user space whole (headers not in the linear part)
+    fresh_evicted: int  # fresh attempts whose slot a new one took
 
 
 def frame_table(
@@ -150,7 +158,9 @@ class KernelMatcher:
     """The loaded program and its maps. Close it to free them (a socket the program is
     attached to keeps the program and its maps alive until the socket closes)."""
 
-    def __init__(self, capacity: Capacity | None = None) -> None:
+    def __init__(self, capacity: Capacity | None = None, seed: int | None = None) -> None:
+        """`seed` keys the fresh table's hash; the default, drawn from os.urandom, is what
+        keeps a flood from aiming at one address's bucket (tests give their own)."""
         self.capacity = capacity or Capacity()
         self._opened: list[bpfsys.Map | bpfsys.RingBuffer | bpfsys.Program] = []
         try:
@@ -160,10 +170,13 @@ class KernelMatcher:
                 local=self.local.fd,
                 fresh=self.fresh.fd,
                 advanced=self.advanced.fd,
+                clock=self.clock.fd,
                 ring=self.ring.fileno(),
                 counters=self.counters.fd,
             )
-            code = kp.generate(fds, self.capacity.max_hits)
+            if seed is None:
+                seed = int.from_bytes(os.urandom(8), "little")
+            code = kp.generate(fds, self.capacity.max_hits, self.capacity.fresh_buckets, seed)
             program = bpfsys.Program.load(
                 bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, code, name="tportknockd"
             )
@@ -204,13 +217,17 @@ class KernelMatcher:
                 "knock_local",
             )
         )
-        lru = bpfsys.BPF_MAP_TYPE_LRU_HASH
+        array = bpfsys.BPF_MAP_TYPE_ARRAY
         self.fresh = self._map(
-            create(lru, *attempt, cap.fresh_attempts, FRESH_LRU_FLAGS, "knock_fresh")
+            create(array, 4, kp.FRESH_BUCKET_SIZE, cap.fresh_buckets, name="knock_fresh")
         )
         self.advanced = self._map(
-            create(lru, *attempt, cap.advanced_attempts, name="knock_advanced")
+            create(
+                bpfsys.BPF_MAP_TYPE_LRU_HASH, *attempt, cap.advanced_attempts,
+                name="knock_advanced",
+            )  # fmt: skip
         )
+        self.clock = self._map(create(array, 4, kp.CLOCK_VALUE.size, 1, name="knock_clock"))
         per_cpu = bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY
         self.counters = self._map(
             create(per_cpu, 4, kp.COUNTERS_VALUE.size, 1, name="knock_stats")
@@ -301,18 +318,36 @@ class KernelMatcher:
 
     def attempts_held(self) -> tuple[int, int]:
         """(fresh, advanced) attempts in the maps, expired ones included (they leave when
-        looked up again or evicted)."""
-        return self.fresh.count(), self.advanced.count()
+        looked up again or evicted). Fresh ones by the counters: what went in, less what the
+        rules took out or promoted, less what was evicted (reading the table would cost a
+        copy of it)."""
+        stats = self.statistics()
+        fresh = stats.started - stats.promoted - stats.fresh_deleted - stats.fresh_evicted
+        return max(0, fresh), self.advanced.count()
 
     def evictions(self) -> tuple[int, int]:
-        """(fresh, advanced) attempts the LRU maps evicted to make room: what went in, less
-        what the rules took out, less what is held. (The kernel does not count evictions;
-        this holds as long as nothing else deletes attempts.)"""
+        """(fresh, advanced) attempts evicted to make room. The program counts the fresh
+        ones; the LRU map's are what went in, less what the rules took out, less what is
+        held (this holds as long as nothing else deletes attempts)."""
         stats = self.statistics()
-        fresh_held, advanced_held = self.attempts_held()
-        fresh = stats.started - stats.promoted - stats.fresh_deleted - fresh_held
-        advanced = stats.promoted - stats.advanced_deleted - advanced_held
-        return fresh, advanced
+        advanced = stats.promoted - stats.advanced_deleted - self.advanced.count()
+        return stats.fresh_evicted, advanced
+
+    # -- for tests: the kernel's clock cannot be set, its attempts not otherwise reset --------
+
+    def advance_clock(self, seconds: float) -> None:
+        """As if `seconds` had passed, for the program: its clock runs that much ahead."""
+        key = struct.pack("=I", 0)
+        (offset,) = kp.CLOCK_VALUE.unpack(self.clock.lookup(key) or bytes(kp.CLOCK_VALUE.size))
+        self.clock.update(key, kp.CLOCK_VALUE.pack(offset + round(seconds * 1e9)))
+
+    def forget_attempts(self) -> None:
+        """Drop every attempt (the counters stay as they are)."""
+        empty = bytes(kp.FRESH_BUCKET_SIZE)
+        for bucket in range(self.capacity.fresh_buckets):
+            self.fresh.update(struct.pack("=I", bucket), empty)
+        for key in list(self.advanced.walk_keys()):
+            self.advanced.delete(key)
 
     # -- life cycle ------------------------------------------------------------------------
 

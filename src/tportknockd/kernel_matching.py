@@ -98,7 +98,7 @@ def choose(
     capacity = matcher.capacity
     line = (
         f"engine: kernel (eBPF socket filter, {matcher.instructions} instructions; attempts "
-        f"in BPF maps: {capacity.fresh_attempts} fresh, {capacity.advanced_attempts} "
+        f"in BPF maps: {capacity.fresh_slots} fresh, {capacity.advanced_attempts} "
         f"advanced, about {capacity.map_bytes() / (1 << 20):.1f} MiB of kernel memory)"
     )
     return matching, line

@@ -28,9 +28,19 @@ as of the last tick, 1-4 ms old): the precise one cost 40 ns a packet here, the 
 Timeouts are seconds; the Python engine's own clock is read when a ring block is handed over,
 itself a millisecond or more after the packet.
 
-Attempts live in two LRU hash maps: *fresh* ones (one frame matched) and *advanced* ones (two
-or more). A flood of spoofed first frames only ever inserts fresh attempts, so it can only
-evict fresh attempts; an attempt that got its second frame in is out of its reach.
+Attempts live in two maps: *fresh* ones (one frame matched) and *advanced* ones (two or more).
+A flood of spoofed first frames only ever inserts fresh attempts, so it can only evict fresh
+attempts; an attempt that got its second frame in is out of its reach.
+
+Advanced attempts are few and live in an LRU hash map. Fresh attempts are what a flood
+churns, one insert per spoofed packet, so they live in a table of our own that costs no lock
+and no allocation: an array of buckets of FRESH_WAYS slots, the bucket chosen by a hash of
+(family, sequence, source) under a random seed drawn at load time (so that nobody can aim
+packets at the bucket of a given address). A new attempt takes a free slot of its bucket, or
+else the slot of the oldest attempt there. (An LRU hash map insert cost 0.3 µs a packet here,
+most of a first frame's cost; this table, 0.05.) Expired attempts are left in place: they are
+the oldest of their bucket, and go first. A fresh attempt found by a packet is taken out of
+its slot at once and put back only if the rules keep it (a retransmission of frame 0).
 
 The program returns 0 for every packet: nothing is queued on the socket. Statistics are
 counted in a per-CPU array.
@@ -41,15 +51,20 @@ header; SKF_LL_OFF reads the same bytes in both, so the tests run the very progr
 attaches. (On the kernels these loads were written for, they reach only the linear part of
 a packet, where drivers and GRO leave the headers of a small packet such as a knock.)
 
-Several CPUs may run the program for one source at once; attempts are updated without locks
-(as the LRU maps allow), so two frames of one knock arriving within the same microsecond on two
-CPUs may be counted as one. A knock is sent one frame at a time, so this does not arise.
+Several CPUs may run the program for one source at once; attempts are updated without locks,
+so two frames of one knock arriving within the same microsecond on two CPUs may be counted as
+one. A knock is sent one frame at a time, so this does not arise. Two CPUs that write one
+fresh slot at once may leave a slot that mixes two attempts: a fresh attempt says no more than
+"this source sent frame 0 at that time", which any spoofer can make the program believe, so a
+mixed slot grants nothing a spoofed packet could not.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -96,8 +111,22 @@ HIT = struct.Struct("=QQII")
 ATTEMPT_KEY = struct.Struct("=II16s")
 #: Attempt value: when frame 0 arrived (ktime ns), frames matched.
 ATTEMPT_VALUE = struct.Struct("=QI4x")
-#: Local address key: address (as in ATTEMPT_KEY), family.
-LOCAL_KEY = struct.Struct("=16sI")
+#: A slot of the fresh table: when frame 0 arrived (ktime ns, signed), then the ATTEMPT_KEY.
+#: A slot whose family and number (the key's first 8 bytes) are zero is free.
+FRESH_SLOT = struct.Struct("=q24s")
+#: Slots per bucket of the fresh table: enough that attempts of a few hundred sources do not
+#: crowd one bucket (the engines then agree exactly), few enough to scan in a few ns.
+FRESH_WAYS = 8
+FRESH_BUCKET_SIZE = FRESH_SLOT.size * FRESH_WAYS
+#: Fibonacci hashing's multiplier (2**64 / the golden ratio): the top bits of a product mix
+#: every bit of the hashed words.
+HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+#: The clock map's value: nanoseconds added to the kernel's clock (0 in the daemon; the tests
+#: move it forward, since the kernel's clock cannot be set).
+CLOCK_VALUE = struct.Struct("=q")
+#: Local address key: address (as in ATTEMPT_KEY), family, interface index: 0 for an address
+#: that counts on every interface, the index of its own for an IPv6 link-local one.
+LOCAL_KEY = struct.Struct("=16sII")
 LOCAL_VALUE = struct.Struct("=I")
 
 
@@ -117,6 +146,7 @@ class Counter(IntEnum):
     FRESH_DELETED = 10  # fresh attempts that ended by the rules (broken, expired, completed)
     ADVANCED_DELETED = 11  # the same for advanced attempts
     PASSED = 12  # handed to user space whole: headers not in the linear part
+    FRESH_EVICTED = 13  # fresh attempts whose slot a new attempt took (its bucket was full)
 
 
 COUNTERS_VALUE = struct.Struct(f"={len(Counter)}Q")
@@ -145,9 +175,24 @@ def address_key(packed: bytes) -> tuple[bytes, int]:
 
 
 def local_key(text: str) -> bytes:
-    """The local address map key of an address in text (a zone such as `%eth0` is ignored)."""
-    packed = ipaddress.ip_address(text.split("%", 1)[0]).packed
-    return LOCAL_KEY.pack(*address_key(packed))
+    """The local address map key of an address in text. An IPv6 link-local address counts on
+    the interface its zone names (`fe80::1%eth0` or `%2`), on every one without a zone; other
+    addresses' zones are ignored. ValueError for a zone that names no interface."""
+    bare, _, zone = text.partition("%")
+    address = ipaddress.ip_address(bare)
+    ifindex = 0
+    if zone and address.version == 6 and address.is_link_local:
+        ifindex = _interface_index(zone)
+    return LOCAL_KEY.pack(*address_key(address.packed), ifindex)
+
+
+def _interface_index(zone: str) -> int:
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise ValueError(f"no interface {zone!r}") from None
 
 
 def attempt_key(number: int, source: bytes) -> bytes:
@@ -181,8 +226,9 @@ class MapFds:
 
     frames: int  # hash: FRAME_KEY -> frame_value
     local: int  # hash: LOCAL_KEY -> LOCAL_VALUE
-    fresh: int  # LRU hash: ATTEMPT_KEY -> ATTEMPT_VALUE, one frame matched
+    fresh: int  # array: bucket number -> FRESH_WAYS FRESH_SLOTs, one frame matched
     advanced: int  # LRU hash: ATTEMPT_KEY -> ATTEMPT_VALUE, two or more frames matched
+    clock: int  # array of one CLOCK_VALUE
     ring: int  # ring buffer of completions (ATTEMPT_KEY records)
     counters: int  # per-CPU array, one COUNTERS_VALUE
 
@@ -191,8 +237,8 @@ class MapFds:
 # that an IPv6 source and destination, adjacent in the header, arrive with one load.
 _KEY = -48  # ATTEMPT_KEY: family -48, number -44, address -40..-25
 _KEY_FAMILY, _KEY_NUMBER, _KEY_ADDRESS = -48, -44, -40
-_LOCAL = -24  # LOCAL_KEY: address -24..-9, family -8 (and 4 bytes of padding)
-_LOCAL_ADDRESS, _LOCAL_FAMILY = -24, -8
+_LOCAL = -24  # LOCAL_KEY: address -24..-9, family -8, interface index -4 (0 but for fe80::/10)
+_LOCAL_ADDRESS, _LOCAL_FAMILY, _LOCAL_IFINDEX = -24, -8, -4
 _FRAME_KEY = -56
 _VALUE = -72  # ATTEMPT_VALUE: started -72, matched -64, padding -60
 _ZERO = -76  # u32 0: the key of the counters array
@@ -200,6 +246,8 @@ _IPV4_ADDRESSES = -88  # 8 bytes: an IPv4 source and destination as loaded
 _COUNTERS = -96  # spilled pointer to this CPU's counters
 _RECORD = -128  # ring buffer record: ATTEMPT_KEY -128..-105, ifindex -104, padding -100
 _PROBE = -128 - 64  # PROBE_BYTES read to see whether the headers are in the linear part
+_HASH = -200  # u64: the source address hashed (each sequence's number is mixed in per hit)
+_BUCKET = -204  # u32: the fresh table key (bucket number) of the current hit
 #: How much of a packet must be linear for the program to read it (see _pass_unreadable).
 PROBE_BYTES = 58
 #: What the program returns to hand a packet to user space whole.
@@ -212,6 +260,12 @@ _CTX = R6  # the packet (LD_ABS/LD_IND want it in R6)
 _VAL = R7  # while parsing: header position; then: the frame table entry
 _NOW = R8  # while parsing: protocol / key; then: the time (ns)
 _END = R9  # while parsing: end of the bytes the parser may read
+_BUCKET_AT = R9  # then: the fresh table bucket of the current hit
+
+
+#: fe80::/10 as the program sees an address's first two bytes (loaded in host order).
+_LINK_LOCAL_PREFIX = int.from_bytes(b"\xfe\x80", sys.byteorder)
+_LINK_LOCAL_MASK = int.from_bytes(b"\xff\xc0", sys.byteorder)
 
 
 class _Hit:
@@ -219,6 +273,8 @@ class _Hit:
 
     def __init__(self, base: int, asm: Assembler, suffix: str) -> None:
         self.base = base
+        self.checked_out = asm.label(f"checked_out{suffix}")
+        self.put = asm.label(f"put{suffix}")  # into the fresh table; _VALUE + 8: 1 if new
         self.found = asm.label(f"found{suffix}")
         self.advance = asm.label(f"advance{suffix}")
         self.absent = asm.label(f"absent{suffix}")
@@ -226,15 +282,20 @@ class _Hit:
         self.next = asm.label(f"next{suffix}")
 
 
-def generate(maps: MapFds, max_hits: int) -> bytes:
-    """The socket filter program for these maps; up to `max_hits` sequences per frame."""
-    return _Generator(maps, max_hits).program()
+def generate(maps: MapFds, max_hits: int, fresh_buckets: int, seed: int) -> bytes:
+    """The socket filter program for these maps; up to `max_hits` sequences per frame; a
+    fresh table of `fresh_buckets` buckets (a power of two, at least 2), hashed with `seed`."""
+    if fresh_buckets < 2 or fresh_buckets & (fresh_buckets - 1):
+        raise ValueError(f"the fresh table needs a power of two >= 2 buckets, not {fresh_buckets}")
+    return _Generator(maps, max_hits, fresh_buckets, seed).program()
 
 
 class _Generator:
-    def __init__(self, maps: MapFds, max_hits: int) -> None:
+    def __init__(self, maps: MapFds, max_hits: int, fresh_buckets: int, seed: int) -> None:
         self.maps = maps
         self.max_hits = max_hits
+        self.bucket_shift = 64 - (fresh_buckets.bit_length() - 1)
+        self.seed = seed & (1 << 64) - 1
         self.asm = Assembler()
         self.drop = self.asm.label("drop")
 
@@ -470,11 +531,45 @@ class _Generator:
         self._lookup(self.maps.frames, _FRAME_KEY)
         asm.jmp(R0, "==", 0, drop)
         asm.mov(_VAL, R0)
-        self._lookup(self.maps.local, _LOCAL)
-        asm.jmp(R0, "==", 0, drop)
+        self._local_destination()
         self._increment(Counter.KNOCKS)
         asm.call(KTIME_GET_COARSE_NS)
         asm.mov(_NOW, R0)
+        self._lookup(self.maps.clock, _ZERO)
+        asm.jmp(R0, "==", 0, drop)
+        asm.load("dw", R1, R0, 0)
+        asm.alu(_NOW, "+", R1)
+        self._hash_source()
+
+    def _local_destination(self) -> None:
+        """Drop unless the destination is ours: in the local map for every interface, or, for
+        an IPv6 link-local one, for the interface the packet came in on (a link-local address
+        belongs to one link, as the classic filter of each interface has it)."""
+        asm, drop = self.asm, self.drop
+        ours = asm.label()
+        self._lookup(self.maps.local, _LOCAL)
+        asm.jmp(R0, "!=", 0, ours)
+        asm.load("w", R1, FP, _LOCAL_FAMILY)
+        asm.jmp(R1, "!=", FAMILY_IPV6, drop)
+        asm.load("h", R1, FP, _LOCAL_ADDRESS)  # the first two bytes, in host order
+        asm.alu(R1, "&", _LINK_LOCAL_MASK)
+        asm.jmp(R1, "!=", _LINK_LOCAL_PREFIX, drop)
+        asm.load("w", R1, _CTX, SKB_IFINDEX)
+        asm.store("w", FP, _LOCAL_IFINDEX, R1)
+        self._lookup(self.maps.local, _LOCAL)
+        asm.jmp(R0, "==", 0, drop)
+        asm.place(ours)
+
+    def _hash_source(self) -> None:
+        """_HASH = the source address hashed with the seed (see _fresh_bucket)."""
+        asm = self.asm
+        asm.ld_imm64(R1, self.seed)
+        asm.ld_imm64(R3, HASH_MULTIPLIER)
+        for offset in (_KEY_ADDRESS, _KEY_ADDRESS + 8):
+            asm.load("dw", R2, FP, offset)
+            asm.alu(R1, "^", R2)
+            asm.alu(R1, "*", R3)
+        asm.store("dw", FP, _HASH, R1)
 
     def _lookup(self, map_fd: int, key: int) -> None:
         self.asm.ld_map_fd(R1, map_fd)
@@ -492,10 +587,17 @@ class _Generator:
         asm.jmp(R1, "<=", index, self.drop)
         asm.load("w", R1, _VAL, hit.base + _HIT_NUMBER)
         asm.store("w", FP, _KEY_NUMBER, R1)
+        self._fresh_bucket()
+        self._check_out_fresh(hit)
         self._lookup(self.maps.advanced, _KEY)
-        asm.jmp(R0, "!=", 0, hit.found)
-        self._lookup(self.maps.fresh, _KEY)
         asm.jmp(R0, "==", 0, hit.absent)
+        asm.load("dw", R1, R0, 0)  # started
+        asm.load("w", R4, R0, 8)  # frames matched
+        asm.goto(hit.found)
+        asm.place(hit.checked_out)
+        asm.load("dw", R1, FP, _VALUE)
+        asm.mov(R4, 1)
+        asm.mov(R0, 0)  # no map value: a fresh attempt is never written in place
         asm.place(hit.found)
         self._attempt_found(hit)
         asm.place(hit.advance)
@@ -506,16 +608,50 @@ class _Generator:
         self._fire()
         asm.place(hit.next)
 
+    def _fresh_bucket(self) -> None:
+        """_BUCKET_AT = the fresh table bucket of (family, number, source): the top bits of
+        the seeded source hash with the first key word (family, number) mixed in."""
+        asm = self.asm
+        asm.load("dw", R1, FP, _HASH)
+        asm.load("dw", R2, FP, _KEY)
+        asm.alu(R1, "^", R2)
+        asm.ld_imm64(R2, HASH_MULTIPLIER)
+        asm.alu(R1, "*", R2)
+        asm.alu(R1, ">>", self.bucket_shift)
+        asm.store("w", FP, _BUCKET, R1)
+        self._lookup(self.maps.fresh, _BUCKET)
+        asm.jmp(R0, "==", 0, self.drop)  # cannot happen (the index is in range): the verifier
+        asm.mov(_BUCKET_AT, R0)
+
+    def _check_out_fresh(self, hit: _Hit) -> None:
+        """If the bucket holds the attempt, take it out (its slot becomes free), leave its
+        start in _VALUE and go to `checked_out`. Each slot is written through _BUCKET_AT at a
+        constant offset, so that the verifier sees one state at `checked_out`, not one per
+        slot. The source's first 8 bytes are compared first: in a flood they differ."""
+        asm = self.asm
+        key_words = ((16, R4, _KEY_ADDRESS), (8, R3, _KEY), (24, R5, _KEY_ADDRESS + 8))
+        for _, register, stack_offset in key_words:
+            asm.load("dw", register, FP, stack_offset)
+        for way in range(FRESH_WAYS):
+            slot, miss = way * FRESH_SLOT.size, asm.label()
+            for slot_offset, register, _ in key_words:
+                asm.load("dw", R1, _BUCKET_AT, slot + slot_offset)
+                asm.jmp(R1, "!=", register, miss)
+            asm.load("dw", R1, _BUCKET_AT, slot)
+            asm.store("dw", FP, _VALUE, R1)
+            asm.store("dw", _BUCKET_AT, slot + 8, 0)
+            asm.goto(hit.checked_out)
+            asm.place(miss)
+
     def _attempt_found(self, hit: _Hit) -> None:
-        """R0: the attempt. Expired: gone. Next frame: on to `advance` with R0 and R4 (frames
-        matched). The frame just matched: ignored. Any other frame: broken."""
+        """R1: when it started, R4: frames matched, R0: the advanced attempt (R4 >= 2).
+        Expired: gone. Next frame: on to `advance`. The frame just matched: kept as it was.
+        Any other frame: broken."""
         asm = self.asm
         expired, retransmission = asm.label(), asm.label()
-        asm.load("dw", R1, R0, 0)  # started
         asm.mov(R2, _NOW)
         asm.alu(R2, "-", R1)
         asm.load("dw", R3, _VAL, hit.base + _HIT_TIMEOUT)
-        asm.load("w", R4, R0, 8)  # frames matched
         asm.jmp(R2, "s>", R3, expired)
         asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
         asm.mov(R1, R5)
@@ -532,14 +668,16 @@ class _Generator:
         asm.goto(hit.absent)  # the breaking frame may be frame 0
         asm.place(retransmission)
         self._increment(Counter.RETRANSMISSIONS)
-        asm.goto(hit.next)
+        asm.jmp(R4, "!=", 1, hit.next)
+        asm.store("w", FP, _VALUE + 8, 0)  # checked out above: back in as it was, not started
+        asm.goto(hit.put)
         asm.place(expired)
         self._increment(Counter.EXPIRED)
         self._delete_attempt(matched=R4)
         asm.goto(hit.absent)
 
     def _advance(self, hit: _Hit) -> None:
-        """R0: the attempt, R4: frames matched before this one."""
+        """R4: frames matched before this one; R0: the attempt, if advanced."""
         asm = self.asm
         promote, complete = asm.label(), asm.label()
         asm.alu(R4, "+", 1)
@@ -550,10 +688,7 @@ class _Generator:
         self._increment(Counter.ADVANCED)
         asm.goto(hit.next)
         asm.place(promote)  # fresh -> advanced: out of a first-frame flood's reach
-        asm.load("dw", R1, R0, 0)
-        asm.store("dw", FP, _VALUE, R1)
-        asm.store("w", FP, _VALUE + 8, 2)
-        self._delete(self.maps.fresh)
+        asm.store("w", FP, _VALUE + 8, 2)  # _VALUE holds its start since the check-out
         self._update(self.maps.advanced)
         self._increment(Counter.PROMOTED)
         asm.goto(hit.next)
@@ -572,12 +707,67 @@ class _Generator:
         asm.jmp(R1, "==", 1, hit.fire)
         asm.store("dw", FP, _VALUE, _NOW)
         asm.store("w", FP, _VALUE + 8, 1)
-        self._update(self.maps.fresh)
+        asm.place(hit.put)
+        self._put_fresh()
+        asm.load("w", R1, FP, _VALUE + 8)
+        asm.jmp(R1, "==", 0, hit.next)
         self._increment(Counter.STARTED)
         asm.goto(hit.next)
 
+    def _put_fresh(self) -> None:
+        """Put the attempt (_KEY, started at _VALUE) in the first free slot of its bucket, or
+        else in the slot of the bucket's oldest attempt (the first of equals), evicted.
+
+        The oldest is found without branches (_oldest_way): a branch per slot made the
+        verifier follow every combination of them, which cost more to load than the rest of
+        the program. R2 is the chosen slot's offset; the start is written before the key,
+        which makes the slot live."""
+        asm = self.asm
+        write = asm.label()
+        for way in range(FRESH_WAYS):
+            free = asm.label()
+            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size + 8)
+            asm.jmp(R1, "!=", 0, free)
+            asm.mov(R2, way * FRESH_SLOT.size)
+            asm.goto(write)
+            asm.place(free)
+        self._oldest_way()
+        asm.alu(R2, "&", FRESH_WAYS - 1)
+        asm.alu(R2, "<<", (FRESH_SLOT.size - 1).bit_length())
+        asm.load("dw", R1, FP, _COUNTERS)  # _increment, but R2 is taken
+        asm.load("dw", R3, R1, Counter.FRESH_EVICTED * 8)
+        asm.alu(R3, "+", 1)
+        asm.store("dw", R1, Counter.FRESH_EVICTED * 8, R3)
+        asm.place(write)
+        asm.mov(R5, _BUCKET_AT)
+        asm.alu(R5, "+", R2)
+        for offset in (0, 24, 16, 8):  # start, the key's end, the key's start last
+            asm.load("dw", R1, FP, _VALUE if offset == 0 else _KEY + offset - 8)
+            asm.store("dw", R5, offset, R1)
+
+    def _oldest_way(self) -> None:
+        """R2 = the way of the bucket's oldest start, R3 = that start; ties keep the first.
+        Per way: mask = (start - oldest so far) arithmetically shifted right by 63, all ones
+        exactly when this start is older; the oldest and R2 take this way's under the mask.
+        (Starts are nanoseconds of a clock since boot: their differences cannot overflow.)"""
+        asm = self.asm
+        asm.load("dw", R3, _BUCKET_AT, 0)
+        asm.mov(R2, 0)
+        for way in range(1, FRESH_WAYS):
+            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size)
+            asm.alu(R1, "-", R3)  # this start - the oldest so far
+            asm.mov(R4, R1)
+            asm.alu(R4, "s>>", 63)  # all ones if this one is older
+            asm.alu(R1, "&", R4)
+            asm.alu(R3, "+", R1)
+            asm.mov(R1, way)
+            asm.alu(R1, "^", R2)
+            asm.alu(R1, "&", R4)
+            asm.alu(R2, "^", R1)
+
     def _delete_attempt(self, matched: Reg) -> None:
-        """Delete the attempt from the map that holds attempts with `matched` frames."""
+        """The attempt with `matched` frames ends: an advanced one is deleted from its map; a
+        fresh one was checked out of its table already."""
         asm = self.asm
         fresh, done = asm.label(), asm.label()
         asm.jmp(matched, "==", 1, fresh)
@@ -585,7 +775,6 @@ class _Generator:
         self._increment(Counter.ADVANCED_DELETED)
         asm.goto(done)
         asm.place(fresh)
-        self._delete(self.maps.fresh)
         self._increment(Counter.FRESH_DELETED)
         asm.place(done)
 
