@@ -143,7 +143,10 @@ class Daemon:
             self.poller.register(self.kernel.fileno(), select.POLLIN)
         self.doors.restore()
         # What start-up built lives as long as the daemon: keep it out of every later
-        # collection, so collections stay short while floods churn through attempts.
+        # collection, so collections stay short while floods churn through attempts. What
+        # start-up left behind in reference cycles (the eBPF program's generator, its labels)
+        # is collected first: frozen, it would be kept for good.
+        gc.collect()
         gc.freeze()
         notify_systemd("READY=1")
         # Said here, not when chosen: a start-up that fails says one thing, what went wrong.
