@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tportknockd import actions
 from tportknockd.actions import CommandRunner, expand
 
 
@@ -128,3 +130,21 @@ def test_output_is_bounded_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
     assert runner.wait(10)
     line = next(r.getMessage() for r in caplog.records if "exit status" in r.getMessage())
     assert "output: x\nx\nx" in line and len(line) < 2200  # 3 MB printed, 2,000 kept
+
+
+@pytest.mark.parametrize("tmpdir", ["", "/nonexistent/tportknockd-test"])
+def test_output_goes_to_an_unnamed_file(
+    tmpdir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With no usable $TMPDIR, tempfile's own fall-backs find a directory.
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    with actions._output_file() as output:
+        assert os.fstat(output.fileno()).st_nlink == 0  # nothing left behind, even on a crash
+        output.write(b"kept")
+        output.seek(0)
+        assert output.read() == b"kept"
+    runner = CommandRunner()
+    caplog.set_level(logging.INFO, logger="tportknockd")
+    runner.run("ev x start", "echo from-the-command", "198.51.100.7")
+    assert runner.wait(10)
+    assert "output: from-the-command" in caplog.text

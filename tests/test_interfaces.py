@@ -3,6 +3,7 @@ interfaces and addresses change (fake captures and a fake interface list: no roo
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +15,7 @@ import bpfvm
 from tportknockd import netif
 from tportknockd.capture import RingGeometry, Stats
 from tportknockd.filter import Insn
-from tportknockd.interfaces import Interfaces, StartupError
+from tportknockd.interfaces import Interfaces, StartupError, _is_link_local, own_addresses
 from tportknockd.model import PROTO_UDP, Frame, Packet
 from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
@@ -33,6 +34,7 @@ class FakeCapture:
     ) -> None:
         self.ifname = ifname
         self.raw_ip = raw_ip
+        self.geometry = geometry
         self.program = list(program)
         self.resyncs = 0
         self.closed = False
@@ -474,3 +476,65 @@ def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
     interfaces = interfaces_on(["any"])
     interfaces.start()
     assert sorted(interfaces.listeners) == ["knk0", "wg0"]
+
+
+# --- capture rings ---------------------------------------------------------------------------
+
+
+class FakeKernelMatching:
+    """Stands in for kernel_matching.KernelMatching: its program, its local addresses."""
+
+    program = [(0x06, 0, 0, 0)]
+
+    def set_local_addresses(self, addresses: object) -> None:
+        pass
+
+
+def test_a_capture_that_carries_the_kernel_program_gets_the_small_ring(kernel: Kernel) -> None:
+    kernel.add("knk0", 5, "198.51.100.1")
+    kernel.add("wg0", 6, "203.0.113.1", link_type=ARPHRD_NONE)
+    python = interfaces_on(["knk0,wg0"])
+    python.start()
+    assert capture_of(python, "knk0").geometry == RingGeometry()
+    in_kernel = interfaces_on(["knk0,wg0"])
+    in_kernel.kernel = FakeKernelMatching()  # type: ignore[assignment]
+    in_kernel.start()
+    small = RingGeometry.for_kernel_engine()
+    assert capture_of(in_kernel, "knk0").geometry == small
+    assert small.block_size * small.block_count == 256 << 10
+    # A link without an Ethernet header keeps the classic filter, Python matching, the
+    # Python engine's ring; and so does every link once --ring-size is given.
+    assert capture_of(in_kernel, "wg0").geometry == RingGeometry()
+    asked = interfaces_on(["knk0,wg0"])
+    asked.geometry = RingGeometry.of_size(3)
+    asked.kernel = FakeKernelMatching()  # type: ignore[assignment]
+    asked.start()
+    for name in ("knk0", "wg0"):
+        assert capture_of(asked, name).geometry == RingGeometry.of_size(3)
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback", "link_local"),
+    [
+        ("127.0.0.1", True, False),
+        ("127.255.255.254", True, False),
+        ("128.0.0.1", False, False),
+        ("198.51.100.1", False, False),
+        ("169.254.1.1", False, False),  # accepted on any interface, like every IPv4 address
+        ("::1", True, False),
+        ("::2", False, False),
+        ("fe80::1", False, True),
+        ("febf:ffff::1", False, True),
+        ("fec0::1", False, False),
+        ("2001:db8::1", False, False),
+    ],
+)
+def test_loopback_and_link_local_are_what_ipaddress_says(
+    address: str, loopback: bool, link_local: bool
+) -> None:
+    link = netif.Interface("knk0", 5, True, "up", [address])
+    assert (own_addresses(link) == frozenset()) is loopback
+    assert _is_link_local(address) is link_local
+    parsed = ipaddress.ip_address(address)
+    assert parsed.is_loopback is loopback
+    assert (parsed.version == 6 and parsed.is_link_local) is link_local

@@ -19,6 +19,7 @@ the clock itself with real sleeps.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import select
 import socket
@@ -564,6 +565,17 @@ def test_ring_buffer_wraps_round_and_counts_what_it_could_not_hold() -> None:
         stats = m.statistics()
         assert stats.ring_full == 200 - held and stats.completed == 1200
 
+
+
+def test_ring_buffer_data_pages_are_mapped_once() -> None:
+    # The kernel maps every page at mmap time: a second copy of the data pages (for records
+    # that wrap round, read in two pieces instead) would add the ring's size to the RSS.
+    require_root()
+    ring = bpfsys.RingBuffer.create(1 << 16)
+    try:
+        assert len(ring._view) == mmap.PAGESIZE + (1 << 16)
+    finally:
+        ring.close()
 
 # -- a real socket -----------------------------------------------------------------------------
 

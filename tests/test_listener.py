@@ -8,7 +8,6 @@ import pytest
 
 from test_capture import PACKET_HOST, fill_block, ring_capture, udp_frame
 from tportknockd import netif
-from tportknockd.capture import RingGeometry
 from tportknockd.engine import Action, RunStart
 from tportknockd.listener import EMPTY_WAKEUPS_BEFORE_CHECK, Listener
 from tportknockd.model import Packet, address_text
@@ -36,7 +35,7 @@ class Recorder:
 
 
 def listener_on_a_ring() -> tuple[Listener, bytearray]:
-    listener = Listener("knk0", Counters(), RingGeometry())
+    listener = Listener("knk0", Counters())
     capture, ring = ring_capture()
     listener.capture = capture
     listener.set_addresses({"198.51.100.1"}, {"198.51.100.1"})

@@ -10,8 +10,7 @@ fields it needs, at the offsets of include/uapi/linux/bpf.h. Pointers inside the
 addresses of ctypes buffers that live until the call returns.
 
 A BPF ring buffer is read without ctypes: it is an mmap of the map's file descriptor (the
-consumer position page is writable, the producer page and the data pages are read-only; the
-data pages are mapped twice in a row, so a record that wraps round is contiguous).
+consumer position page is writable, the producer page and the data pages are read-only).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import platform
 import socket
 import struct
 from collections.abc import Iterator
@@ -134,7 +132,7 @@ def _load_ctypes() -> ModuleType:
 
 
 def _syscall_number() -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() says, without importing platform
     number = _SYSCALL_NUMBERS.get(machine)
     if number is None:
         raise BpfError(errno.ENOSYS, f"bpf(2) is not known on this architecture ({machine})")
@@ -528,14 +526,17 @@ class RingBuffer:
         self._mask = size - 1
         self._consumer = mmap.mmap(ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:
-            # The producer page, then the data pages twice over.
+            # The producer page, then the data pages. The kernel would map them twice in a row,
+            # so that a record that wraps round reads in one piece, but it maps every page at
+            # mmap time: the second copy would add the ring's size to the daemon's RSS.
             self._view = mmap.mmap(
-                ring.fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+                ring.fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
             )
         except BaseException:
             self._consumer.close()
             raise
         self._data = page
+        self._end = page + size
 
     @classmethod
     def create(cls, size: int, name: str = "") -> RingBuffer:
@@ -559,11 +560,19 @@ class RingBuffer:
                 break  # reserved but not yet committed: read it next time
             size = length & ~(_RINGBUF_BUSY | _RINGBUF_DISCARD)
             if not length & _RINGBUF_DISCARD:
-                body = start + _RINGBUF_HEADER
-                out.append(self._view[body : body + size])
+                out.append(self._body(consumer + _RINGBUF_HEADER, size))
             consumer += (size + _RINGBUF_HEADER + 7) & ~7
         _U64.pack_into(self._consumer, 0, consumer)
         return out
+
+    def _body(self, position: int, size: int) -> bytes:
+        """`size` bytes from `position` (a producer/consumer count), wrapping round the end.
+        (The 8-byte header never wraps: records start on 8 bytes, the ring is whole pages.)"""
+        start = self._data + (position & self._mask)
+        beyond = start + size - self._end
+        if beyond <= 0:
+            return self._view[start : start + size]
+        return self._view[start : self._end] + self._view[self._data : self._data + beyond]
 
     def close(self) -> None:
         self._view.close()

@@ -63,7 +63,7 @@ class Options:
     max_commands: int = DEFAULT_MAX_RUNNING
     command_time_limit: float = DEFAULT_TIME_LIMIT
     state_file: str | None = state.DEFAULT_STATE_FILE
-    ring_mib: int = 2
+    ring_mib: int | None = None  # None: 2 MiB, or the kernel engine's smaller ring
     engine: str = "auto"  # one of ENGINES
 
 
@@ -93,7 +93,7 @@ class Daemon:
             self._current_frames,
             self.poller,
             self.counters,
-            RingGeometry.of_size(options.ring_mib),
+            RingGeometry.of_size(options.ring_mib) if options.ring_mib else None,
             options.refresh,
             options.debug,
         )
@@ -143,7 +143,10 @@ class Daemon:
             self.poller.register(self.kernel.fileno(), select.POLLIN)
         self.doors.restore()
         # What start-up built lives as long as the daemon: keep it out of every later
-        # collection, so collections stay short while floods churn through attempts.
+        # collection, so collections stay short while floods churn through attempts. What
+        # start-up left behind in reference cycles (the eBPF program's generator, its labels)
+        # is collected first: frozen, it would be kept for good.
+        gc.collect()
         gc.freeze()
         notify_systemd("READY=1")
         # Said here, not when chosen: a start-up that fails says one thing, what went wrong.

@@ -18,7 +18,6 @@ BPF_PSEUDO_MAP_FD its immediate is a map's file descriptor, which the kernel swa
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
@@ -67,6 +66,7 @@ _JUMP_OPS: dict[str, int] = {
 _JA, _CALL, _EXIT = 0x00, 0x80, 0x90
 
 _INSN = struct.Struct("=BBhi")
+_OFF, _OFF_AT = struct.Struct("=h"), 2  # an instruction's offset field, and where it is
 _S32 = range(-(1 << 31), 1 << 31)
 _S16 = range(-(1 << 15), 1 << 15)
 
@@ -86,29 +86,31 @@ class Label:
         return f"Label({self.name!r}, {self.index})"
 
 
-@dataclass
-class _Insn:
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-    target: Label | None = None  # a jump's destination, turned into `off` by assemble()
-
-
 class Assembler:
     def __init__(self) -> None:
-        self._insns: list[_Insn] = []
-        self._slots = 0  # instruction slots so far (a 64-bit load takes two)
+        # Each instruction is encoded as it comes: a program of thousands held as objects
+        # until assemble() took half a megabyte at the kernel engine's start, which the
+        # daemon's memory never gave back.
+        self._code = bytearray()
+        self._jumps: list[tuple[int, Label]] = []  # (slot, target): assemble() sets the offset
 
     def __len__(self) -> int:
-        return self._slots
+        return len(self._code) // _INSN.size  # in slots (a 64-bit load takes two)
 
-    def _add(self, insn: _Insn, slots: int = 1) -> None:
-        if insn.imm not in _S32 or insn.off not in _S16:
-            raise ValueError(f"operand does not fit: {insn}")
-        self._insns.append(insn)
-        self._slots += slots
+    def _add(
+        self,
+        code: int,
+        dst: int = 0,
+        src: int = 0,
+        off: int = 0,
+        imm: int = 0,
+        target: Label | None = None,
+    ) -> None:
+        if imm not in _S32 or off not in _S16:
+            raise ValueError(f"operand does not fit: code {code:#04x}, off {off}, imm {imm}")
+        if target is not None:
+            self._jumps.append((len(self), target))
+        self._code += _INSN.pack(code, dst | src << 4, off, imm)
 
     # -- labels ----------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class Assembler:
     def place(self, label: Label) -> None:
         if label.index is not None:
             raise ValueError(f"{label} placed twice")
-        label.index = self._slots
+        label.index = len(self)
 
     # -- arithmetic ------------------------------------------------------------------------
 
@@ -126,9 +128,9 @@ class Assembler:
         """dst op= operand, in 64 bits (or 32, which zero-extends the result)."""
         cls = BPF_ALU64 if bits == 64 else BPF_ALU
         if isinstance(operand, Reg):
-            self._add(_Insn(cls | _ALU_OPS[op] | BPF_X, dst, operand))
+            self._add(cls | _ALU_OPS[op] | BPF_X, dst, operand)
         else:
-            self._add(_Insn(cls | _ALU_OPS[op] | BPF_K, dst, imm=operand))
+            self._add(cls | _ALU_OPS[op] | BPF_K, dst, imm=operand)
 
     def mov(self, dst: Reg, operand: Operand) -> None:
         self.alu(dst, "=", operand)
@@ -137,53 +139,53 @@ class Assembler:
         """dst = a 64-bit constant (two slots)."""
         value &= (1 << 64) - 1
         low, high = value & 0xFFFFFFFF, value >> 32
-        self._add(_Insn(BPF_LD | BPF_DW | BPF_IMM, dst, imm=_signed32(low)), slots=2)
-        self._insns.append(_Insn(0, imm=_signed32(high)))
+        self._add(BPF_LD | BPF_DW | BPF_IMM, dst, imm=_signed32(low))
+        self._add(0, imm=_signed32(high))
 
     def ld_map_fd(self, dst: Reg, fd: int) -> None:
         """dst = the map behind file descriptor `fd` (two slots)."""
-        self._add(_Insn(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, imm=fd), slots=2)
-        self._insns.append(_Insn(0))
+        self._add(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, imm=fd)
+        self._add(0)
 
     # -- memory ----------------------------------------------------------------------------
 
     def load(self, size: Size, dst: Reg, src: Reg, off: int) -> None:
         """dst = *(size *)(src + off)"""
-        self._add(_Insn(BPF_LDX | BPF_MEM | _SIZES[size], dst, src, off))
+        self._add(BPF_LDX | BPF_MEM | _SIZES[size], dst, src, off)
 
     def store(self, size: Size, dst: Reg, off: int, operand: Operand) -> None:
         """*(size *)(dst + off) = operand"""
         if isinstance(operand, Reg):
-            self._add(_Insn(BPF_STX | BPF_MEM | _SIZES[size], dst, operand, off))
+            self._add(BPF_STX | BPF_MEM | _SIZES[size], dst, operand, off)
         else:
-            self._add(_Insn(BPF_ST | BPF_MEM | _SIZES[size], dst, off=off, imm=operand))
+            self._add(BPF_ST | BPF_MEM | _SIZES[size], dst, off=off, imm=operand)
 
     def ld_abs(self, size: Size, offset: int) -> None:
         """R0 = the packet's bytes at `offset`, big-endian (context in R6; R1-R5 clobbered).
         A load beyond the packet ends the program, returning 0."""
-        self._add(_Insn(BPF_LD | BPF_ABS | _SIZES[size], imm=offset))
+        self._add(BPF_LD | BPF_ABS | _SIZES[size], imm=offset)
 
     def ld_ind(self, size: Size, src: Reg, offset: int) -> None:
         """R0 = the packet's bytes at src + `offset`, like ld_abs."""
-        self._add(_Insn(BPF_LD | BPF_IND | _SIZES[size], src=src, imm=offset))
+        self._add(BPF_LD | BPF_IND | _SIZES[size], src=src, imm=offset)
 
     # -- control ---------------------------------------------------------------------------
 
     def jmp(self, dst: Reg, op: JumpOp, operand: Operand, target: Label) -> None:
         """if dst op operand (64-bit compare): goto target"""
         if isinstance(operand, Reg):
-            self._add(_Insn(BPF_JMP | _JUMP_OPS[op] | BPF_X, dst, operand, target=target))
+            self._add(BPF_JMP | _JUMP_OPS[op] | BPF_X, dst, operand, target=target)
         else:
-            self._add(_Insn(BPF_JMP | _JUMP_OPS[op] | BPF_K, dst, imm=operand, target=target))
+            self._add(BPF_JMP | _JUMP_OPS[op] | BPF_K, dst, imm=operand, target=target)
 
     def goto(self, target: Label) -> None:
-        self._add(_Insn(BPF_JMP | _JA, target=target))
+        self._add(BPF_JMP | _JA, target=target)
 
     def call(self, helper: int) -> None:
-        self._add(_Insn(BPF_JMP | _CALL, imm=helper))
+        self._add(BPF_JMP | _CALL, imm=helper)
 
     def exit(self) -> None:
-        self._add(_Insn(BPF_JMP | _EXIT))
+        self._add(BPF_JMP | _EXIT)
 
     def ret(self, value: int) -> None:
         self.mov(R0, value)
@@ -192,17 +194,15 @@ class Assembler:
     # -- output ----------------------------------------------------------------------------
 
     def assemble(self) -> bytes:
-        out = bytearray()
-        for slot, insn in enumerate(self._insns):
-            off = insn.off
-            if insn.target is not None:
-                if insn.target.index is None:
-                    raise ValueError(f"jump at {slot} to {insn.target}, which was never placed")
-                off = insn.target.index - (slot + 1)
-                if off not in _S16:
-                    raise ValueError(f"jump at {slot} to {insn.target} is too far")
-            out += _INSN.pack(insn.code, insn.dst | insn.src << 4, off, insn.imm)
-        return bytes(out)
+        code = bytearray(self._code)
+        for slot, target in self._jumps:
+            if target.index is None:
+                raise ValueError(f"jump at {slot} to {target}, which was never placed")
+            off = target.index - (slot + 1)
+            if off not in _S16:
+                raise ValueError(f"jump at {slot} to {target} is too far")
+            _OFF.pack_into(code, slot * _INSN.size + _OFF_AT, off)
+        return bytes(code)
 
 
 def _signed32(value: int) -> int:

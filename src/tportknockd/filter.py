@@ -32,14 +32,13 @@ conditional jump would need more than 8 bits.
 from __future__ import annotations
 
 import array
-import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tportknockd.model import PROTO_TCP, Frame
+from tportknockd.model import PROTO_TCP, Frame, address_bytes
 
 #: One `struct sock_filter`: (code, jt, jf, k).
 Insn = tuple[int, int, int, int]
@@ -328,11 +327,11 @@ def _split_addresses(local_addrs: Iterable[str]) -> tuple[list[int], list[bytes]
     ipv6: set[bytes] = set()
     for text in local_addrs:
         # A link-local address may come with its zone ("fe80::1%eth0"); the packet has none.
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if address.version == 4:
-            ipv4.add(int(address))
+        packed = address_bytes(text.split("%", 1)[0])
+        if len(packed) == 4:
+            ipv4.add(int.from_bytes(packed, "big"))
         else:
-            ipv6.add(address.packed)
+            ipv6.add(packed)
     return sorted(ipv4), sorted(ipv6)
 
 

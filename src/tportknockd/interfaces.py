@@ -19,7 +19,6 @@ the addresses: `refilter()` is the one call that puts a new set of frames in pla
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import select
 import socket
@@ -31,7 +30,7 @@ from tportknockd import filter as bpf
 from tportknockd import netif
 from tportknockd.capture import RingGeometry
 from tportknockd.listener import Feed, Listener, Perform
-from tportknockd.model import Frame
+from tportknockd.model import Frame, address_bytes
 from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
 
@@ -62,7 +61,8 @@ class Interfaces:
         self._frames = frames
         self._poller = poller
         self.counters = counters
-        self.geometry = geometry or RingGeometry()
+        #: The ring --ring-size asks for; None: each capture's default (see `_geometry`).
+        self.geometry = geometry
         self.refresh = refresh  # -r: re-read everything every `refresh` seconds
         self.debug = debug
         self.listeners: dict[str, Listener] = {}
@@ -79,7 +79,7 @@ class Interfaces:
     def _listener(self, name: str) -> Listener:
         listener = self.listeners.get(name)
         if listener is None:
-            listener = Listener(name, self.counters, self.geometry, self.debug)
+            listener = Listener(name, self.counters, self.debug)
             self.listeners[name] = listener
         return listener
 
@@ -273,9 +273,20 @@ class Interfaces:
             raise OSError(
                 f"its packets are neither Ethernet frames nor bare IP (link type {link.link_type})"
             )
-        listener.open(link, self._program(listener.accepted, link.framing == "raw-ip"))
+        raw_ip = link.framing == "raw-ip"
+        listener.open(link, self._program(listener.accepted, raw_ip), self._geometry(raw_ip))
         self._by_fd[listener.fileno()] = listener
         self._poller.register(listener.fileno(), select.POLLIN)
+
+    def _geometry(self, raw_ip: bool) -> RingGeometry:
+        """The ring of a new capture: what --ring-size asked for, else the kernel engine's
+        small ring where its program is attached (the ring then waits only for the rare
+        packets it passes), else the default."""
+        if self.geometry is not None:
+            return self.geometry
+        if self.kernel is not None and not raw_ip:
+            return RingGeometry.for_kernel_engine()
+        return RingGeometry()
 
     def _reopen(self, listener: Listener, link: netif.Interface) -> None:
         try:
@@ -357,13 +368,24 @@ def own_addresses(link: netif.Interface) -> frozenset[str]:
     """The addresses of `link` that can count: without zone (fe80::1%eth0: a packet carries
     none), and without loopback addresses (127.0.0.0/8, ::1), which never count."""
     bare = (a.split("%", 1)[0] for a in link.addresses)
-    return frozenset(a for a in bare if not ipaddress.ip_address(a).is_loopback)
+    return frozenset(a for a in bare if not _is_loopback(address_bytes(a)))
+
+
+def _is_loopback(packed: bytes) -> bool:
+    # By hand, as for _is_link_local: ipaddress would be imported for these two questions.
+    return packed[0] == 127 if len(packed) == 4 else packed == _IPV6_LOOPBACK
+
+
+_IPV6_LOOPBACK = bytes(15) + b"\1"
 
 
 def _is_link_local(address: str) -> bool:
     # IPv6 link-local addresses belong to one link: Linux takes them only on their own
     # interface. IPv4 link-local (169.254/16) is accepted on any, like every IPv4 address.
-    return ":" in address and ipaddress.ip_address(address).is_link_local
+    if ":" not in address:
+        return False
+    packed = address_bytes(address)
+    return packed[0] == 0xFE and packed[1] & 0xC0 == 0x80  # fe80::/10
 
 
 def _check_can_capture() -> None:

@@ -35,12 +35,9 @@ Perform = Callable[[list[Action], str], None]
 class Listener:
     """An interface listened on; `capture` is None while the interface is not there."""
 
-    def __init__(
-        self, name: str, counters: Counters, geometry: RingGeometry, debug: bool = False
-    ) -> None:
+    def __init__(self, name: str, counters: Counters, debug: bool = False) -> None:
         self.name = name
         self.counters = counters
-        self.geometry = geometry
         self.debug = debug
         self.capture: Capture | None = None
         self.raw_ip = False  # its packets start at the IP header (tun, WireGuard)
@@ -53,11 +50,11 @@ class Listener:
 
     # -- the capture ----------------------------------------------------------------------
 
-    def open(self, link: netif.Interface, program: bpf.Program) -> None:
+    def open(self, link: netif.Interface, program: bpf.Program, geometry: RingGeometry) -> None:
         """Open the capture on `link` with `program` (compiled for `link.framing`) as its
-        filter; OSError when it fails."""
+        filter and a ring of `geometry`; OSError when it fails."""
         raw_ip = link.framing == "raw-ip"
-        self.capture = Capture(link.name, program, self.geometry, raw_ip)
+        self.capture = Capture(link.name, program, geometry, raw_ip)
         self.raw_ip = raw_ip
         self.index = link.index
         self.up = link.up

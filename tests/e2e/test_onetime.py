@@ -122,8 +122,10 @@ def test_one_time_knock_opens_and_replays_open_nothing(
 ) -> None:
     # A longer window: replays with scapy take seconds on a loaded machine, and the late ones
     # must come while the knock's window is still within reach (until two windows later).
+    # The door stays open 6 s: two replays (2-2.5 s each under load, scapy's start-up) must
+    # come before it closes; with 4 s the second one sometimes came just after.
     window = 10
-    run = start_daemon(config_with_sentinel(otp_block(secret, delay=4, window=window)))
+    run = start_daemon(config_with_sentinel(otp_block(secret, delay=6, window=window)))
     add_other_address(run.pair)
     pcap = tmp_path / "knock.pcap"
     start = at_window_start(room=window - 2, window=window)
