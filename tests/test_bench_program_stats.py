@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.program_stats import PROGRAM_NAME, ProgramWatch, fdinfo_program_id, ns_per_run
+from privileges import BPF, require_root
 from tportknockd import bpfsys
 
 PROGRAM_FDINFO = ("pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\nprog_type:\t1\n"
@@ -78,10 +79,7 @@ class Holder:
 
 @pytest.fixture
 def holder(request: pytest.FixtureRequest) -> Iterator[Holder]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("the bpf(2) tests need root")
-        pytest.skip("the bpf(2) tests need root")
+    require_root(BPF)
     running = Holder(request.param)
     try:
         yield running

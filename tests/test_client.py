@@ -21,6 +21,7 @@ from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
 from addresses import v4_addresses, v6_addresses
+from privileges import NAMESPACES, require_root
 from tportknockd import client
 from tportknockd.client import (
     KnockError,
@@ -313,13 +314,6 @@ def test_without_cap_net_raw(monkeypatch: pytest.MonkeyPatch,
 # --- end to end: real knocks between two namespaces -----------------------------------------
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("e2e tests need root in CI")
-        pytest.skip("needs root for network namespaces")
-
-
 # Prints every frame that reaches the interface (not our own outgoing ones) as hex, until
 # stdin closes; then drains what is still queued.
 SNIFFER = r"""
@@ -357,7 +351,7 @@ def child_env() -> dict[str, str]:
 
 @pytest.fixture
 def pair() -> Iterator[Any]:
-    require_root()
+    require_root(NAMESPACES)
     from netns import veth_pair
 
     with veth_pair() as p:

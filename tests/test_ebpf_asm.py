@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import errno
-import os
 import struct
 
 import pytest
 
+from privileges import BPF, require_root
 from tportknockd import bpfsys
 from tportknockd.ebpf_asm import FP, R0, R1, R2, R6, R7, Assembler
 
@@ -101,10 +101,7 @@ def test_mistakes_are_caught() -> None:
 
 @pytest.fixture
 def root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("the bpf(2) tests need root")
-        pytest.skip("the bpf(2) tests need root")
+    require_root(BPF)
 
 
 def test_map_operations(root: None) -> None:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
 import pytest
 
 import frames_raw as fr
+from privileges import BPF, require_root
 from scripts.fuzzing import configs, crosscheck, paths
 from scripts.fuzzing.crosscheck import CrossCheck, Tally, run_stream
 from scripts.fuzzing.frames import LOCAL, SERVER_V4, FrameMaker, Step
@@ -22,18 +22,9 @@ THREE = "<e0>\n sequence = udp:1 tcp:2:s udp:3\n timeout = 1.5\n start_command =
 KNOCKER = "198.51.100.8"
 
 
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    message = "the kernel side of the fuzzer needs root (bpf system call)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def matcher() -> Iterator[KernelMatcher]:
-    require_root()
+    require_root(BPF)
     m = KernelMatcher(Capacity(fresh_attempts=4096, advanced_attempts=1024))
     yield m
     m.close()

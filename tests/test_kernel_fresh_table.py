@@ -16,7 +16,8 @@ import hypothesis
 import hypothesis.strategies as st
 
 import frames_raw as fr
-from test_kernel_engine import LOCAL, SERVER_V4, require_root
+from privileges import BPF, require_root
+from test_kernel_engine import LOCAL, SERVER_V4
 from tportknockd import kernel_program as kp
 from tportknockd.kernel_engine import Capacity, KernelMatcher, KnockSequence
 from tportknockd.model import PROTO_UDP, Frame, address_bytes
@@ -109,7 +110,7 @@ def advanced_in_kernel(matcher: KernelMatcher) -> dict[bytes, int]:
              min_size=1, max_size=120)
 )  # fmt: skip
 def test_the_table_holds_what_the_model_says(packets: list[tuple[str, int]]) -> None:
-    require_root()
+    require_root(BPF)
     with KernelMatcher(TINY, seed=SEED) as matcher:
         matcher.set_local_addresses(LOCAL)
         matcher.set_sequences([KnockSequence("knock", KNOCK, 1e6)])

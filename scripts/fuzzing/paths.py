@@ -10,21 +10,25 @@
 Both answer the completions a frame caused, as (sequence, source) in order, and how many
 frames so far were well-formed knocks to us (the kernel's `knocks` counter).
 
-Time: the kernel's clock is real and cannot be set. The program adds an offset from a map to
-it (0 in the daemon), which KernelPath moves forward by dt (as tests/test_kernel_engine.py
-does): the program under test is the one that ships.
+Both are shared with the kernel engine's cross-check (tests/python_path.py,
+tests/kernel_path.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from kernel_path import KernelPath, QueuedSomething, TooShort, too_short_for_test_run
 from python_path import Completions, PythonPath
-from tportknockd.kernel_engine import KernelMatcher, KnockSequence
-from tportknockd.model import Event, address_text
 from tportknockd.packet import parse_ethernet, parse_ip
 
-__all__ = ["Completions", "KernelPath", "PythonPath", "probe_parsers"]
+__all__ = [
+    "Completions",
+    "KernelPath",
+    "PythonPath",
+    "QueuedSomething",
+    "TooShort",
+    "probe_parsers",
+    "too_short_for_test_run",
+]
 
 
 def probe_parsers(frame: bytes, offset: int, length: int) -> None:
@@ -36,51 +40,3 @@ def probe_parsers(frame: bytes, offset: int, length: int) -> None:
     parse_ip(memoryview(frame), 14)
 
 
-class KernelPath:
-    def __init__(self, matcher: KernelMatcher, events: Sequence[Event], local: Sequence[str]):
-        self.matcher = matcher
-        matcher.set_sequences([KnockSequence(e.name, e.frames, e.timeout) for e in events])
-        matcher.set_local_addresses(local)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every attempt and unread completion."""
-        self.matcher.forget_attempts()
-        self.matcher.completions()
-        self.knocks_before = self.matcher.statistics().knocks
-
-    @property
-    def knocks(self) -> int:
-        return self.matcher.statistics().knocks - self.knocks_before
-
-    def feed(self, frame: bytes, dt: float) -> Completions:
-        """Raises TestRunRefused when the kernel will not run the program on the frame."""
-        if dt:
-            self.age(dt)
-        if too_short_for_test_run(frame):
-            raise TooShort
-        retval = self.matcher.program.test_run(frame).retval
-        if retval != 0:
-            raise QueuedSomething(retval)
-        done = self.matcher.completions()
-        return [(str(c.sequence), address_text(c.source)) for c in done]
-
-    def age(self, seconds: float) -> None:
-        """As if `seconds` had passed: the program's clock runs that much ahead."""
-        self.matcher.advance_clock(seconds)
-
-
-class TooShort(Exception):
-    """BPF_PROG_TEST_RUN refuses the frame (see too_short_for_test_run)."""
-
-
-class QueuedSomething(Exception):
-    """The program returned non-zero: it would have queued the packet on the socket."""
-
-
-def too_short_for_test_run(frame: bytes) -> bool:
-    """BPF_PROG_TEST_RUN refuses (EINVAL) a frame shorter than an Ethernet header, and an
-    untagged IPv4 or IPv6 frame shorter than the fixed IP header; on a socket the program
-    would get it, and drop it."""
-    minimum = {b"\x08\x00": 14 + 20, b"\x86\xdd": 14 + 40}.get(frame[12:14], 14)
-    return len(frame) < minimum

@@ -42,6 +42,13 @@ class KnockSequence:
     timeout: float
 
 
+class Attempts(NamedTuple):
+    fresh_held: int
+    advanced_held: int
+    fresh_evicted: int
+    advanced_evicted: int
+
+
 class Completion(NamedTuple):
     sequence: Hashable  # the KnockSequence.id
     source: bytes  # packed address, 4 or 16 bytes
@@ -316,22 +323,34 @@ class KernelMatcher:
                     totals[slot] += value
         return KernelStats(*totals)
 
+    def attempts(self, stats: KernelStats | None = None) -> Attempts:
+        """Attempts held and evicted, from one reading of the counters (`stats`, if the
+        caller has one) and one count of the advanced map.
+
+        Held: expired ones included (they leave when looked up again or evicted). Fresh ones
+        by the counters: what went in, less what the rules took out or promoted, less what
+        was evicted (reading the table would cost a copy of it). Evicted: the program counts
+        the fresh ones; the LRU map's are what went in, less what the rules took out, less
+        what is held (this holds as long as nothing else deletes attempts)."""
+        stats = stats or self.statistics()
+        advanced_held = self.advanced.count()
+        fresh_held = stats.started - stats.promoted - stats.fresh_deleted - stats.fresh_evicted
+        return Attempts(
+            fresh_held=max(0, fresh_held),
+            advanced_held=advanced_held,
+            fresh_evicted=stats.fresh_evicted,
+            advanced_evicted=stats.promoted - stats.advanced_deleted - advanced_held,
+        )
+
     def attempts_held(self) -> tuple[int, int]:
-        """(fresh, advanced) attempts in the maps, expired ones included (they leave when
-        looked up again or evicted). Fresh ones by the counters: what went in, less what the
-        rules took out or promoted, less what was evicted (reading the table would cost a
-        copy of it)."""
-        stats = self.statistics()
-        fresh = stats.started - stats.promoted - stats.fresh_deleted - stats.fresh_evicted
-        return max(0, fresh), self.advanced.count()
+        """(fresh, advanced) attempts held (see `attempts`)."""
+        figures = self.attempts()
+        return figures.fresh_held, figures.advanced_held
 
     def evictions(self) -> tuple[int, int]:
-        """(fresh, advanced) attempts evicted to make room. The program counts the fresh
-        ones; the LRU map's are what went in, less what the rules took out, less what is
-        held (this holds as long as nothing else deletes attempts)."""
-        stats = self.statistics()
-        advanced = stats.promoted - stats.advanced_deleted - self.advanced.count()
-        return stats.fresh_evicted, advanced
+        """(fresh, advanced) attempts evicted to make room (see `attempts`)."""
+        figures = self.attempts()
+        return figures.fresh_evicted, figures.advanced_evicted
 
     # -- for tests: the kernel's clock cannot be set, its attempts not otherwise reset --------
 

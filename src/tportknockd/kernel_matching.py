@@ -63,14 +63,15 @@ class KernelMatching:
     def summary(self) -> str:
         """`name=value` pairs for the statistics line."""
         stats = self.matcher.statistics()
-        fresh, advanced = self.matcher.attempts_held()
-        evicted_fresh, evicted_advanced = self.matcher.evictions()
+        attempts = self.matcher.attempts(stats)
         return (
             f"kernel_seen={stats.packets} kernel_knocks={stats.knocks} "
             f"kernel_completed={stats.completed} kernel_lost={stats.ring_full} "
             f"kernel_passed={stats.passed} "
-            f"kernel_attempts_fresh={fresh} kernel_attempts_advanced={advanced} "
-            f"kernel_evicted_fresh={evicted_fresh} kernel_evicted_advanced={evicted_advanced}"
+            f"kernel_attempts_fresh={attempts.fresh_held} "
+            f"kernel_attempts_advanced={attempts.advanced_held} "
+            f"kernel_evicted_fresh={attempts.fresh_evicted} "
+            f"kernel_evicted_advanced={attempts.advanced_evicted}"
         )
 
     def close(self) -> None:

@@ -339,12 +339,13 @@ class _Generator:
         asm.store("dw", FP, _VALUE, 0)
         asm.store("dw", FP, _VALUE + 8, 0)
 
-    def _increment(self, counter: Counter) -> None:
-        asm = self.asm
-        asm.load("dw", R1, FP, _COUNTERS)
-        asm.load("dw", R2, R1, counter * 8)
-        asm.alu(R2, "+", 1)
-        asm.store("dw", R1, counter * 8, R2)
+    def _increment(self, counter: Counter, scratch: tuple[Reg, Reg] = (R1, R2)) -> None:
+        """Count one in this CPU's `counter`, using (and clobbering) the `scratch` registers."""
+        asm, counters, value = self.asm, *scratch
+        asm.load("dw", counters, FP, _COUNTERS)
+        asm.load("dw", value, counters, counter * 8)
+        asm.alu(value, "+", 1)
+        asm.store("dw", counters, counter * 8, value)
 
     def _check_packet_type(self) -> None:
         self.asm.load("w", R0, _CTX, 4)  # struct __sk_buff: pkt_type
@@ -734,10 +735,7 @@ class _Generator:
         self._oldest_way()
         asm.alu(R2, "&", FRESH_WAYS - 1)
         asm.alu(R2, "<<", (FRESH_SLOT.size - 1).bit_length())
-        asm.load("dw", R1, FP, _COUNTERS)  # _increment, but R2 is taken
-        asm.load("dw", R3, R1, Counter.FRESH_EVICTED * 8)
-        asm.alu(R3, "+", 1)
-        asm.store("dw", R1, Counter.FRESH_EVICTED * 8, R3)
+        self._increment(Counter.FRESH_EVICTED, scratch=(R1, R3))  # R2 is the slot's offset
         asm.place(write)
         asm.mov(R5, _BUCKET_AT)
         asm.alu(R5, "+", R2)

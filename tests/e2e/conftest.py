@@ -28,6 +28,7 @@ if "tportknockd" not in sys.modules:
     sys.path.append(str(Path(__file__).resolve().parents[2] / "src"))
 
 from netns import CLIENT_V4, SERVER_V4, Pair, veth_pair  # noqa: E402
+from privileges import NAMESPACES, require_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
@@ -42,15 +43,6 @@ VPN_SEQUENCE = "tcp:12430:a tcp:2711:i tcp:123:i tcp:8375:n tcp:1155:n"
 FLAGS_SEQUENCE = "tcp:110:x tcp:110:up tcp:110:up tcp:110:n tcp:110:i"
 #: An event of its own, knocked after a knock that must not fire (see DaemonRun.sentinel).
 SENTINEL_SEQUENCE = "udp:7001 tcp:7002:s udp:7003"
-
-
-def require_root() -> None:
-    if os.geteuid() == 0:
-        return
-    message = "end-to-end tests need root (network namespaces, raw sockets)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def child_env() -> dict[str, str]:
@@ -269,7 +261,7 @@ def knock(pair: Pair, host: str, *frames: str, options: tuple[str, ...] = (),
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    require_root()
+    require_root(NAMESPACES)
     with veth_pair() as p:
         yield p
 

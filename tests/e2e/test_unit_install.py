@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonRun, require_root
+from conftest import DaemonRun
 from test_unit_confinement import unit_setpriv
 
 from netns import CLIENT_V4, SERVER_V4, Pair
 from packaging_helpers import BUILD_SCRIPT, REPO, require_tool
+from privileges import NAMESPACES, require_root
 from tportknockd import __version__
 from tportknockd.config import format_frame, load_config
 
@@ -69,7 +70,7 @@ def _man_cache() -> set[Path]:
 def clean_machine() -> Iterator[set[str]]:
     """The package's traces before the test (normally none); afterwards, man-db's cache
     loses the pages the test formatted."""
-    require_root()
+    require_root(NAMESPACES)
     if _package_status() != "not known":
         _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
     cached = _man_cache()
