@@ -30,7 +30,7 @@ from tportknockd import filter as bpf
 from tportknockd import netif
 from tportknockd.capture import RingGeometry
 from tportknockd.listener import Feed, Listener, Perform
-from tportknockd.model import Frame, address_bytes
+from tportknockd.model import Frame, address_bytes, is_link_local_v6, is_loopback
 from tportknockd.selection import Selection
 from tportknockd.statistics import Counters
 
@@ -368,24 +368,11 @@ def own_addresses(link: netif.Interface) -> frozenset[str]:
     """The addresses of `link` that can count: without zone (fe80::1%eth0: a packet carries
     none), and without loopback addresses (127.0.0.0/8, ::1), which never count."""
     bare = (a.split("%", 1)[0] for a in link.addresses)
-    return frozenset(a for a in bare if not _is_loopback(address_bytes(a)))
-
-
-def _is_loopback(packed: bytes) -> bool:
-    # By hand, as for _is_link_local: ipaddress would be imported for these two questions.
-    return packed[0] == 127 if len(packed) == 4 else packed == _IPV6_LOOPBACK
-
-
-_IPV6_LOOPBACK = bytes(15) + b"\1"
+    return frozenset(a for a in bare if not is_loopback(address_bytes(a)))
 
 
 def _is_link_local(address: str) -> bool:
-    # IPv6 link-local addresses belong to one link: Linux takes them only on their own
-    # interface. IPv4 link-local (169.254/16) is accepted on any, like every IPv4 address.
-    if ":" not in address:
-        return False
-    packed = address_bytes(address)
-    return packed[0] == 0xFE and packed[1] & 0xC0 == 0x80  # fe80::/10
+    return ":" in address and is_link_local_v6(address_bytes(address))
 
 
 def _check_can_capture() -> None:

@@ -61,7 +61,6 @@ mixed slot grants nothing a spoofed packet could not.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 import sys
@@ -70,7 +69,7 @@ from enum import IntEnum
 
 from tportknockd.ebpf_asm import FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, Assembler, Label, Reg
 from tportknockd.filter import SNAPLEN
-from tportknockd.model import PROTO_TCP, PROTO_UDP
+from tportknockd.model import PROTO_TCP, PROTO_UDP, address_bytes, is_link_local_v6
 
 SKF_LL_OFF = -0x200000
 PACKET_HOST = 0
@@ -179,11 +178,9 @@ def local_key(text: str) -> bytes:
     the interface its zone names (`fe80::1%eth0` or `%2`), on every one without a zone; other
     addresses' zones are ignored. ValueError for a zone that names no interface."""
     bare, _, zone = text.partition("%")
-    address = ipaddress.ip_address(bare)
-    ifindex = 0
-    if zone and address.version == 6 and address.is_link_local:
-        ifindex = _interface_index(zone)
-    return LOCAL_KEY.pack(*address_key(address.packed), ifindex)
+    packed = address_bytes(bare)
+    ifindex = _interface_index(zone) if zone and is_link_local_v6(packed) else 0
+    return LOCAL_KEY.pack(*address_key(packed), ifindex)
 
 
 def _interface_index(zone: str) -> int:

@@ -186,3 +186,18 @@ def address_bytes(text: str) -> bytes:
         return inet_pton(family, text)
     except OSError:
         raise ValueError(f"not an IP address: {text!r}") from None
+
+
+def is_link_local_v6(packed: bytes) -> bool:
+    """An IPv6 link-local address (fe80::/10): it belongs to one link, and Linux takes it only
+    on its own interface. (IPv4's 169.254/16 is accepted on any, like every IPv4 address.)
+    By hand rather than with ipaddress, which the daemon does not otherwise need."""
+    return len(packed) == 16 and packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
+
+
+def is_loopback(packed: bytes) -> bool:
+    """127.0.0.0/8 or ::1."""
+    return packed[0] == 127 if len(packed) == 4 else packed == _IPV6_LOOPBACK
+
+
+_IPV6_LOOPBACK = bytes(15) + b"\1"
