@@ -41,10 +41,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from tportknockd import bpfsys
-from tportknockd import kernel_program as kp
-from tportknockd.ebpf_asm import Assembler
-from tportknockd.kernel_engine import Capacity, KernelMatcher, KnockSequence
+from tportknockd.bpf import syscalls
+from tportknockd.bpf.ebpf_assembler import Assembler
+from tportknockd.kernel import program as kp
+from tportknockd.kernel.matcher import Capacity, KernelMatcher, KnockSequence
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Frame
 
 SERVER = "198.51.100.1"
@@ -99,11 +99,11 @@ def udp_frame(source: str, destination: str, port: int) -> bytes:
     return bytes(6) + bytes.fromhex("020000000002") + b"\x08\x00" + ip + udp
 
 
-def best_repeated(program: bpfsys.Program, frame: bytes, repeat: int, rounds: int) -> int:
+def best_repeated(program: syscalls.Program, frame: bytes, repeat: int, rounds: int) -> int:
     return min(program.test_run(frame, repeat).duration_ns for _ in range(rounds))
 
 
-def single_runs(program: bpfsys.Program, frames: list[bytes]) -> float:
+def single_runs(program: syscalls.Program, frames: list[bytes]) -> float:
     return statistics.median(program.test_run(frame).duration_ns for frame in frames)
 
 
@@ -128,7 +128,7 @@ def measure(repeat: int = 1_000_000, sources: int = 100_000, rounds: int = 5) ->
     capacity = Capacity()
     empty = Assembler()
     empty.ret(0)
-    baseline = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, empty.assemble())
+    baseline = syscalls.Program.load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, empty.assemble())
     try:
         with KernelMatcher(capacity) as matcher:
             matcher.set_sequences([KnockSequence("ssh", SSH, 10.0)])
@@ -144,7 +144,7 @@ def measure(repeat: int = 1_000_000, sources: int = 100_000, rounds: int = 5) ->
     return cost
 
 
-def _time_rows(cost: KernelCost, matcher: KernelMatcher, baseline: bpfsys.Program) -> None:
+def _time_rows(cost: KernelCost, matcher: KernelMatcher, baseline: syscalls.Program) -> None:
     program, repeat, rounds = matcher.program, cost.repeat, cost.rounds
     first = udp_frame("198.51.100.7", SERVER, 1234)
     cost.rows["first_same"] = best_repeated(program, first, repeat, rounds)
@@ -164,13 +164,13 @@ def _time_rows(cost: KernelCost, matcher: KernelMatcher, baseline: bpfsys.Progra
     _time_statistics(cost, baseline, first)
 
 
-def _time_statistics(cost: KernelCost, empty: bpfsys.Program, frame: bytes) -> None:
+def _time_statistics(cost: KernelCost, empty: syscalls.Program, frame: bytes) -> None:
     """The run statistics' rows, from the empty program: best of the rounds each."""
-    off = None if bpfsys.run_statistics_on() else best_repeated(
+    off = None if syscalls.run_statistics_on() else best_repeated(
         empty, frame, cost.repeat, cost.rounds)
     try:
-        held = bpfsys.RunStatistics()
-    except bpfsys.BpfError:  # before Linux 5.8: the rows stay out
+        held = syscalls.RunStatistics()
+    except syscalls.BpfError:  # before Linux 5.8: the rows stay out
         return
     reported, timed = [], []
     with held:

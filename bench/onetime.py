@@ -6,8 +6,8 @@ advice for several users). Secrets go to the bench's working directory, mode 600
 refuses a secret that others may read).
 
 The flood's frame is the first frame of the previous window's sequence, derived with the
-project's own `tportknockd.otp` from the config the daemon runs: what someone who saw a knock
-in that window would send.
+project's own `tportknockd.onetime.derivation` from the config the daemon runs: what someone
+who saw a knock in that window would send.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from bench.daemons import start_command
 from bench.settings import OTP_WINDOW, SEQ_TIMEOUT
-from tportknockd import otp
 from tportknockd.config import load_config
 from tportknockd.model import Frame
+from tportknockd.onetime import derivation
 
 
 def event_name(user: int) -> str:
@@ -63,15 +63,15 @@ def flood_target(conf: Path, flood_start: float) -> tuple[str, int, Frame]:
     window change shares (a chance port collision would let the flood through the kernel
     filter for a reason that is not the one measured)."""
     events = [e for e in load_config(str(conf)).events if e.otp is not None]
-    current = otp.window_number(flood_start, OTP_WINDOW)
+    current = derivation.window_number(flood_start, OTP_WINDOW)
     # After the change the windows current, current+1 and current+2 are live.
     live_after = {(frame.protocol, frame.port)
                   for event in events if event.otp is not None
-                  for number in range(current, current + 2 * otp.SKEW + 1)
-                  for frame in otp.derive(event.otp, event.name, number)}
+                  for number in range(current, current + 2 * derivation.SKEW + 1)
+                  for frame in derivation.derive(event.otp, event.name, number)}
     for event in events:
         assert event.otp is not None
-        frame = otp.derive(event.otp, event.name, current - 1)[0]
+        frame = derivation.derive(event.otp, event.name, current - 1)[0]
         if (frame.protocol, frame.port) not in live_after:
             return event.name, current - 1, frame
     raise RuntimeError(f"every event's previous first frame is live again in {conf}")
@@ -79,4 +79,4 @@ def flood_target(conf: Path, flood_start: float) -> tuple[str, int, Frame]:
 
 def next_change_after(now: float, lead: float) -> float:
     """The first window change more than `lead` seconds after `now`."""
-    return otp.next_change(now + lead, OTP_WINDOW)
+    return derivation.next_change(now + lead, OTP_WINDOW)

@@ -2,7 +2,7 @@
 many times it ran and the time per run, in the receive path of the real traffic (a spoofed
 flood: a new source every packet, a fresh-table insert and an eviction each).
 
-The bench holds the statistics on while the scenarios run (`bpfsys.RunStatistics`: nothing
+The bench holds the statistics on while the scenarios run (`syscalls.RunStatistics`: nothing
 is left on when it ends). The daemon's program is found by the daemon's pid: each program
 descriptor it holds shows a `prog_id:` line in /proc/PID/fdinfo; the one named `tportknockd`
 is its program (knockd and the Python engine hold none). The bench opens the program by id
@@ -19,18 +19,18 @@ import os
 import re
 from pathlib import Path
 
-from tportknockd import bpfsys
+from tportknockd.bpf import syscalls
 
 #: The name the kernel engine loads its program with.
 PROGRAM_NAME = "tportknockd"
 
 
-def start_statistics() -> bpfsys.RunStatistics | None:
+def start_statistics() -> syscalls.RunStatistics | None:
     """Run statistics on for as long as the result is open; None (and why, printed) where the
     kernel cannot (before Linux 5.8) or will not."""
     try:
-        return bpfsys.RunStatistics()
-    except bpfsys.BpfError as error:
+        return syscalls.RunStatistics()
+    except syscalls.BpfError as error:
         print(f"kernel program statistics not taken: BPF_ENABLE_STATS failed ({error})",
               flush=True)
         return None
@@ -59,8 +59,8 @@ def _fdinfo_texts(pid: int) -> list[str]:
     return texts
 
 
-def figures(program_id: int, before: bpfsys.ProgramInfo,
-            after: bpfsys.ProgramInfo) -> dict[str, int]:
+def figures(program_id: int, before: syscalls.ProgramInfo,
+            after: syscalls.ProgramInfo) -> dict[str, int]:
     """What the program did between two readings (the Outcome's `bpf_stats`)."""
     return {"id": program_id, "runs": after.run_cnt - before.run_cnt,
             "run_time_ns": after.run_time_ns - before.run_time_ns}
@@ -76,7 +76,7 @@ class ProgramWatch:
     """The daemon's program, held open from the start of a scenario's window (when the watch
     is made) to its end (`figures`)."""
 
-    def __init__(self, pid: int, program: bpfsys.Program) -> None:
+    def __init__(self, pid: int, program: syscalls.Program) -> None:
         self.pid, self.program = pid, program
         self.before = program.info()
 
@@ -84,11 +84,11 @@ class ProgramWatch:
     def of_daemon(cls, pid: int) -> ProgramWatch | None:
         """The program named PROGRAM_NAME among those `pid` holds; None if it holds none (or,
         which the daemon never does, several)."""
-        named: list[bpfsys.Program] = []
+        named: list[syscalls.Program] = []
         for program_id in dict.fromkeys(program_ids_of(pid)):  # one fd each is enough
             try:
-                program = bpfsys.Program.from_id(program_id)
-            except bpfsys.BpfError:  # unloaded since the listing
+                program = syscalls.Program.from_id(program_id)
+            except syscalls.BpfError:  # unloaded since the listing
                 continue
             if program.info().name == PROGRAM_NAME:
                 named.append(program)

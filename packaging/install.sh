@@ -77,8 +77,10 @@ install_config() {
 
 install_files() {
     d=$DESTDIR
-    install -d "$d$PYTHONDIR/tportknockd"
-    install -m 0644 "$top"/src/tportknockd/*.py "$d$PYTHONDIR/tportknockd/"
+    (cd "$top/src" && find tportknockd -name '*.py' -not -path '*/__pycache__/*') |
+        while read -r module; do
+            install -D -m 0644 "$top/src/$module" "$d$PYTHONDIR/$module"
+        done
     launcher tportknockd.cli "$d$SBINDIR/tportknockd"
     launcher tportknockd.client "$d$BINDIR/tportknock"
     install -d "$d$UNITDIR"

@@ -25,12 +25,12 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 # tportknockd without the venv too; tests/ for frames_raw (frames by hand) and bpfvm (the
 # classic-BPF interpreter that runs the Python side's filter).
 sys.path[1:1] = [str(CHECKOUT / "src")]
-sys.path.append(str(CHECKOUT / "tests"))
+sys.path.append(str(CHECKOUT / "tests" / "support"))
 
 from fuzzing.configs import fuzz_configs  # noqa: E402
 from fuzzing.crosscheck import CrossCheck, Tally  # noqa: E402
 
-from tportknockd.kernel_engine import Capacity, KernelMatcher, explain  # noqa: E402
+from tportknockd.kernel.matcher import Capacity, KernelMatcher, explain  # noqa: E402
 
 #: Small maps: a stream holds a few hundred attempts at most, far from any eviction.
 CAPACITY = Capacity(fresh_attempts=4096, advanced_attempts=1024)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tportknockd import actions
-from tportknockd.actions import CommandRunner, expand
+from tportknockd.daemon import commands
+from tportknockd.daemon.commands import CommandRunner, expand
 
 
 def test_expand_ipv4_and_ipv6() -> None:
@@ -138,7 +138,7 @@ def test_output_goes_to_an_unnamed_file(
 ) -> None:
     # With no usable $TMPDIR, tempfile's own fall-backs find a directory.
     monkeypatch.setenv("TMPDIR", tmpdir)
-    with actions._output_file() as output:
+    with commands._output_file() as output:
         assert os.fstat(output.fileno()).st_nlink == 0  # nothing left behind, even on a crash
         output.write(b"kept")
         output.seek(0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from tportknockd.capture import TP_STATUS_KERNEL, TP_STATUS_USER, Capture, RingGeometry
+from tportknockd.capture.packet import parse_ethernet, parse_ip
+from tportknockd.capture.ring import TP_STATUS_KERNEL, TP_STATUS_USER, Capture, RingGeometry
 from tportknockd.model import PROTO_UDP, Packet, address_bytes
-from tportknockd.packet import parse_ethernet, parse_ip
 
 GEOMETRY = RingGeometry(block_size=4096, block_count=8)
 SLOT = 128  # bytes per packet in a block

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tportknockd import netif
+from tportknockd.capture import netif
 from tportknockd.cli import main
 
 GOOD = """\

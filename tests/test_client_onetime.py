@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tportknockd import client, otp
+from tportknockd import client
 from tportknockd.config import format_frame, load_config
+from tportknockd.onetime import derivation
 
 SECRET = "correct horse battery staple 42"
 
@@ -51,9 +52,9 @@ def test_print_needs_no_host_and_prints_the_current_window(
 ) -> None:
     spec = load_config(str(config_file)).events[0].otp
     assert spec is not None
-    before = otp.derive(spec, "ssh", otp.window_number(time.time(), 30))
+    before = derivation.derive(spec, "ssh", derivation.window_number(time.time(), 30))
     assert client.main(["-c", str(config_file), "-e", "ssh", "--print"]) == 0
-    after = otp.derive(spec, "ssh", otp.window_number(time.time(), 30))
+    after = derivation.derive(spec, "ssh", derivation.window_number(time.time(), 30))
     printed = capsys.readouterr().out.strip()
     assert printed in {" ".join(map(format_frame, f)) for f in (before, after)}
 

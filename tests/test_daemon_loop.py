@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tportknockd.daemon import Daemon, Options
+from tportknockd.capture.selection import Selection
+from tportknockd.daemon.loop import Daemon, Options
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
-from tportknockd.selection import Selection
 
 A = "198.51.100.7"
 
@@ -47,7 +47,7 @@ def test_transient_socket_error_does_not_end_the_loop(
     monkeypatch.setattr(daemon, "_iterate", flaky)
     monkeypatch.setattr(daemon.interfaces, "follow", lambda: None)
     monkeypatch.setattr(daemon.signals, "install", lambda signums: None)  # pytest's stay
-    monkeypatch.setattr("tportknockd.daemon.gc.freeze", lambda: None)
+    monkeypatch.setattr("tportknockd.daemon.loop.gc.freeze", lambda: None)
     assert daemon.run() == 0
     assert len(calls) == 2
     assert "transient error: [Errno 100] Network is down" in caplog.text

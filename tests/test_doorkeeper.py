@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tportknockd import state
-from tportknockd.doorkeeper import Doorkeeper
-from tportknockd.engine import Engine, RunStop
+from tportknockd.daemon import state
+from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.statistics import Counters
+from tportknockd.matching.engine import Engine, RunStop
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
-from tportknockd.statistics import Counters
 
 A = "198.51.100.7"
 EVENT = Event(

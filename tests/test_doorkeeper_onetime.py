@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tportknockd import otp, state
-from tportknockd.doorkeeper import Doorkeeper
-from tportknockd.engine import Engine, ListLineUsed
+from tportknockd.daemon import state
+from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.statistics import Counters
 from tportknockd.frame_syntax import format_frame, parse_kind
+from tportknockd.matching.engine import Engine, ListLineUsed
+from tportknockd.matching.sequences import Schedule
 from tportknockd.model import (
     PROTO_UDP,
     Config,
@@ -24,8 +26,7 @@ from tportknockd.model import (
     Packet,
     address_bytes,
 )
-from tportknockd.sequences import Schedule
-from tportknockd.statistics import Counters
+from tportknockd.onetime import derivation
 
 A, B = "198.51.100.7", "198.51.100.8"
 SPEC = OtpSpec("k", b"a secret of the unit test, long", 2, 20000, 20099,
@@ -58,7 +59,7 @@ def otp_keeper(state_file: Path) -> tuple[Doorkeeper, Runner, tuple[Frame, ...]]
     engine.set_sequences(Schedule(engine.config).live(wall))
     runner = Runner(state_file)
     keeper = Doorkeeper(engine, runner, str(state_file), Counters())
-    return keeper, runner, otp.derive(SPEC, "ssh", otp.window_number(wall, 30))
+    return keeper, runner, derivation.derive(SPEC, "ssh", derivation.window_number(wall, 30))
 
 
 def test_the_burn_is_on_disk_before_the_start_runs(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from privileges import BPF, require_root
-from tportknockd import bpfsys
-from tportknockd.ebpf_asm import FP, R0, R1, R2, R6, R7, Assembler
+from tportknockd.bpf import syscalls
+from tportknockd.bpf.ebpf_assembler import FP, R0, R1, R2, R6, R7, Assembler
 
 
 def insns(code: bytes) -> list[tuple[int, int, int, int]]:
@@ -105,13 +105,13 @@ def root() -> None:
 
 
 def test_map_operations(root: None) -> None:
-    m = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_HASH, 4, 8, 16, name="t")
+    m = syscalls.Map.create(syscalls.BPF_MAP_TYPE_HASH, 4, 8, 16, name="t")
     try:
         assert m.lookup(b"abcd") is None
         m.update(b"abcd", b"12345678")
-        m.update(b"efgh", b"87654321", bpfsys.BPF_NOEXIST)
-        with pytest.raises(bpfsys.BpfError):
-            m.update(b"efgh", b"00000000", bpfsys.BPF_NOEXIST)
+        m.update(b"efgh", b"87654321", syscalls.BPF_NOEXIST)
+        with pytest.raises(syscalls.BpfError):
+            m.update(b"efgh", b"00000000", syscalls.BPF_NOEXIST)
         assert m.lookup(b"abcd") == b"12345678"
         assert sorted(m.walk_keys()) == [b"abcd", b"efgh"]
         assert m.delete(b"abcd") and not m.delete(b"abcd")
@@ -123,7 +123,7 @@ def test_map_operations(root: None) -> None:
 
 
 def test_counting_entries_in_batches(root: None) -> None:
-    m = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_LRU_HASH, 4, 16, 20000)
+    m = syscalls.Map.create(syscalls.BPF_MAP_TYPE_LRU_HASH, 4, 16, 20000)
     try:
         assert m.count() == 0
         for index in range(9000):  # a little over two batches
@@ -139,8 +139,8 @@ def test_a_refused_program_comes_with_the_whole_log(root: None) -> None:
         asm.mov(R1, 1)
     asm.load("dw", R0, R1, 0)  # R1 is a number, not a pointer
     asm.exit()
-    with pytest.raises(bpfsys.VerifierError) as refused:
-        bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
+    with pytest.raises(syscalls.VerifierError) as refused:
+        syscalls.Program.load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
     log = refused.value.log
     assert log.startswith("0: R1=ctx() R10=fp0")
     assert "50: (79) r0 = *(u64 *)(r1 +0)" in log and "R1 invalid mem access" in log
@@ -148,7 +148,7 @@ def test_a_refused_program_comes_with_the_whole_log(root: None) -> None:
 
 
 def test_test_run_and_per_cpu_arrays(root: None) -> None:
-    counters = bpfsys.Map.create(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)
+    counters = syscalls.Map.create(syscalls.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)
     asm = Assembler()
     asm.store("w", FP, -4, 0)
     asm.ld_map_fd(R1, counters.fd)
@@ -162,11 +162,11 @@ def test_test_run_and_per_cpu_arrays(root: None) -> None:
     asm.store("dw", R0, 0, R1)
     asm.place(done)
     asm.ret(64)
-    program = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
+    program = syscalls.Program.load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble())
     try:
         frame = bytes(12) + b"\x08\x00" + bytes(40)
         assert program.test_run(frame, repeat=1000).retval == 64
-        cpus = bpfsys.possible_cpus()
+        cpus = syscalls.possible_cpus()
         raw = counters.lookup(struct.pack("=I", 0), 8 * cpus)
         assert raw is not None
         assert sum(struct.unpack(f"={cpus}Q", raw)) == 1000
@@ -180,26 +180,26 @@ def test_program_info_and_run_statistics(root: None) -> None:
     statistics are held on, by exactly the test run's repeat count."""
     asm = Assembler()
     asm.ret(0)
-    program = bpfsys.Program.load(bpfsys.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble(),
+    program = syscalls.Program.load(syscalls.BPF_PROG_TYPE_SOCKET_FILTER, asm.assemble(),
                                   name="tpk_stats_test")
     frame = bytes(12) + b"\x08\x00" + bytes(40)
     try:
         info = program.info()
         assert (info.name, info.prog_type) == ("tpk_stats_test", 1)
-        assert info.id in bpfsys.program_ids()
-        again = bpfsys.Program.from_id(info.id)
+        assert info.id in syscalls.program_ids()
+        again = syscalls.Program.from_id(info.id)
         try:
             assert again.fd != program.fd and again.info().id == info.id
         finally:
             again.close()
-        with bpfsys.RunStatistics():
-            assert bpfsys.run_statistics_on()
+        with syscalls.RunStatistics():
+            assert syscalls.run_statistics_on()
             before = program.info()
             program.test_run(frame, repeat=1000)
             after = program.info()
         assert after.run_cnt - before.run_cnt == 1000
         assert after.run_time_ns > before.run_time_ns
-        if not bpfsys.run_statistics_on():  # no other holder on this machine: runs not counted
+        if not syscalls.run_statistics_on():  # no other holder on this machine: runs not counted
             program.test_run(frame, repeat=1000)
             assert program.info().run_cnt == after.run_cnt
     finally:
@@ -207,6 +207,6 @@ def test_program_info_and_run_statistics(root: None) -> None:
 
 
 def test_a_program_id_that_is_not_there(root: None) -> None:
-    with pytest.raises(bpfsys.BpfError) as missing:
-        bpfsys.Program.from_id(2**31 - 1)
+    with pytest.raises(syscalls.BpfError) as missing:
+        syscalls.Program.from_id(2**31 - 1)
     assert missing.value.errno == errno.ENOENT

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tportknockd.engine import (
+from tportknockd.matching.engine import (
     DoorExtended,
     Engine,
     Progress,

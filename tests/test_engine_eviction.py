@@ -16,15 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_engine import A, B, engine, event, knock, pkt, starts, udp
-from tportknockd import kernel_matching
-from tportknockd.engine import (
+from tportknockd.kernel import adapter
+from tportknockd.kernel.matcher import Capacity
+from tportknockd.matching.engine import (
     _SWEEP_MARGIN,
     DEFAULT_MAX_ATTEMPTS,
     Engine,
     Progress,
     advanced_limit,
 )
-from tportknockd.kernel_engine import Capacity
 from tportknockd.model import (
     ACK,
     PROTO_TCP,
@@ -63,7 +63,7 @@ def test_the_bounds_are_the_kernel_engines() -> None:
     kernel = Capacity()
     assert kernel.fresh_attempts == DEFAULT_MAX_ATTEMPTS
     assert advanced_limit(DEFAULT_MAX_ATTEMPTS) == kernel.advanced_attempts == 8192
-    assert kernel_matching.advanced_limit is advanced_limit  # the kernel maps are sized by it
+    assert adapter.advanced_limit is advanced_limit  # the kernel maps are sized by it
     assert [advanced_limit(n) for n in (1, 512, 520, 1024)] == [64, 64, 65, 128]
 
 

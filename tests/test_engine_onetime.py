@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tportknockd import otp
-from tportknockd.engine import (
+from tportknockd.frame_syntax import parse_kind
+from tportknockd.matching.engine import (
     Burned,
     DoorExtended,
     Engine,
@@ -15,7 +15,7 @@ from tportknockd.engine import (
     RunStart,
     RunStop,
 )
-from tportknockd.frame_syntax import parse_kind
+from tportknockd.matching.sequences import Schedule
 from tportknockd.model import (
     PROTO_TCP,
     PROTO_UDP,
@@ -28,7 +28,7 @@ from tportknockd.model import (
     Packet,
     address_bytes,
 )
-from tportknockd.sequences import Schedule
+from tportknockd.onetime import derivation
 
 KEY = b"correct horse battery staple 42"
 T0 = 1800000000.0  # window 60000000 of 30 s
@@ -59,7 +59,7 @@ def setup(event: Event, at: float = T0) -> tuple[Engine, Schedule]:
 
 def frames_of(event: Event, window: int) -> tuple[Frame, ...]:
     assert event.otp is not None
-    return otp.derive(event.otp, event.name, window)
+    return derivation.derive(event.otp, event.name, window)
 
 
 def knock(engine: Engine, frames: tuple[Frame, ...], src: str, now: float) -> list:
@@ -75,7 +75,7 @@ def kinds(actions: list) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
-W = otp.window_number(T0, 30)
+W = derivation.window_number(T0, 30)
 
 
 def test_a_window_opens_once_then_is_burned() -> None:

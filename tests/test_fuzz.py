@@ -15,7 +15,7 @@ from scripts.fuzzing.crosscheck import CrossCheck, Tally, run_stream
 from scripts.fuzzing.frames import LOCAL, SERVER_V4, FrameMaker, Step
 from scripts.fuzzing.streams import stream
 from tportknockd.config import ConfigError, parse_config
-from tportknockd.kernel_engine import Capacity, KernelMatcher
+from tportknockd.kernel.matcher import Capacity, KernelMatcher
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Frame
 
 THREE = "<e0>\n sequence = udp:1 tcp:2:s udp:3\n timeout = 1.5\n start_command = true\n</e0>\n"

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import pytest
 
 import bpfvm
-from tportknockd import netif
-from tportknockd.capture import RingGeometry, Stats
-from tportknockd.filter import Insn
-from tportknockd.interfaces import Interfaces, StartupError, _is_link_local, own_addresses
+from tportknockd.capture import netif
+from tportknockd.capture.interfaces import Interfaces, StartupError, _is_link_local, own_addresses
+from tportknockd.capture.knock_filter import Insn
+from tportknockd.capture.ring import RingGeometry, Stats
+from tportknockd.capture.selection import Selection
+from tportknockd.daemon.statistics import Counters
 from tportknockd.model import PROTO_UDP, Frame, Packet
-from tportknockd.selection import Selection
-from tportknockd.statistics import Counters
 
 KNOCK_PORT = 7000
 
@@ -96,9 +96,11 @@ def kernel(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) ->
     caplog.set_level("INFO")
     k = Kernel()
     k.add("lo", 1, "127.0.0.1", "::1").loopback = True
-    monkeypatch.setattr("tportknockd.interfaces.netif.list_interfaces", lambda: list(k.links))
-    monkeypatch.setattr("tportknockd.interfaces.netif.ChangeWatcher", _no_watcher)
-    monkeypatch.setattr("tportknockd.listener.Capture", FakeCapture)
+    monkeypatch.setattr(
+        "tportknockd.capture.interfaces.netif.list_interfaces", lambda: list(k.links)
+    )
+    monkeypatch.setattr("tportknockd.capture.interfaces.netif.ChangeWatcher", _no_watcher)
+    monkeypatch.setattr("tportknockd.capture.listener.Capture", FakeCapture)
     FakeCapture.opened = []
     return k
 
@@ -429,7 +431,7 @@ def test_any_looks_for_new_interfaces_itself_without_rtnetlink(kernel: Kernel) -
 def test_any_with_nothing_to_listen_on_yet_starts(
     kernel: Kernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tportknockd.interfaces._check_can_capture", lambda: None)
+    monkeypatch.setattr("tportknockd.capture.interfaces._check_can_capture", lambda: None)
     interfaces = interfaces_on(["any"])
     interfaces.start()
     assert interfaces.listeners == {}

@@ -39,9 +39,9 @@ import frames_raw as fr
 from kernel_path import KernelPath, TooShort
 from privileges import BPF, require_root
 from python_path import PythonPath
-from tportknockd import bpfsys
-from tportknockd import kernel_program as kp
-from tportknockd.kernel_engine import (
+from tportknockd.bpf import syscalls
+from tportknockd.kernel import program as kp
+from tportknockd.kernel.matcher import (
     Capacity,
     CapacityError,
     KernelMatcher,
@@ -536,7 +536,7 @@ def test_ring_buffer_data_pages_are_mapped_once() -> None:
     # The kernel maps every page at mmap time: a second copy of the data pages (for records
     # that wrap round, read in two pieces instead) would add the ring's size to the RSS.
     require_root(BPF)
-    ring = bpfsys.RingBuffer.create(1 << 16)
+    ring = syscalls.RingBuffer.create(1 << 16)
     try:
         assert len(ring._view) == mmap.PAGESIZE + (1 << 16)
     finally:
@@ -547,7 +547,7 @@ def test_ring_buffer_data_pages_are_mapped_once() -> None:
 # Runs in the server namespace: the matcher attached to an AF_PACKET socket bound to the veth.
 RECEIVER = """
 import json, select, socket, sys
-from tportknockd.kernel_engine import KernelMatcher, KnockSequence
+from tportknockd.kernel.matcher import KernelMatcher, KnockSequence
 from tportknockd.model import Frame
 spec = json.loads(sys.argv[1])
 m = KernelMatcher()
@@ -638,8 +638,8 @@ def test_attached_to_a_packet_socket() -> None:
 
 
 def test_frame_table_matches_the_engines_masks() -> None:
-    from tportknockd.engine import _frame_masks
-    from tportknockd.sequences import static_sequences
+    from tportknockd.matching.engine import _frame_masks
+    from tportknockd.matching.sequences import static_sequences
 
     events = (event("a", *SEED_SSH), event("b", *SEED_VPN), event("c", *SEED_FLAGS))
     numbered = [(n + 1, KnockSequence(e.name, e.frames, e.timeout)) for n, e in enumerate(events)]
@@ -700,7 +700,7 @@ def test_a_link_local_destination_counts_on_its_own_interface_only(
 
 
 def test_the_python_engine_path_does_not_import_ctypes() -> None:
-    code = ("import sys, tportknockd.cli, tportknockd.kernel_engine; "
+    code = ("import sys, tportknockd.cli, tportknockd.kernel.matcher; "
             "print('ctypes' in sys.modules)")  # fmt: skip
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
@@ -711,12 +711,12 @@ def test_the_python_engine_path_does_not_import_ctypes() -> None:
 
 def test_reasons_for_falling_back() -> None:
     assert "CAP_BPF" in explain(PermissionError(errno.EPERM, "Operation not permitted"))
-    assert "5.11" in explain(bpfsys.BpfError(errno.EINVAL, "Invalid argument"))
-    refused = bpfsys.VerifierError(errno.EACCES, "0: R1=ctx() R10=fp0\nthe whole log")
+    assert "5.11" in explain(syscalls.BpfError(errno.EINVAL, "Invalid argument"))
+    refused = syscalls.VerifierError(errno.EACCES, "0: R1=ctx() R10=fp0\nthe whole log")
     assert explain(refused).endswith("0: R1=ctx() R10=fp0\nthe whole log")
     assert explain(CapacityError("17 sequences share a frame")) == "17 sequences share a frame"
 
 
 def test_socket_filter_attach_needs_a_loaded_program() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(OSError):
-        bpfsys.Program(fd=sock.fileno()).attach(sock)  # not a BPF program's descriptor
+        syscalls.Program(fd=sock.fileno()).attach(sock)  # not a BPF program's descriptor

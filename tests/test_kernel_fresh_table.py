@@ -18,8 +18,8 @@ import hypothesis.strategies as st
 import frames_raw as fr
 from privileges import BPF, require_root
 from test_kernel_engine import LOCAL, SERVER_V4
-from tportknockd import kernel_program as kp
-from tportknockd.kernel_engine import Capacity, KernelMatcher, KnockSequence
+from tportknockd.kernel import program as kp
+from tportknockd.kernel.matcher import Capacity, KernelMatcher, KnockSequence
 from tportknockd.model import PROTO_UDP, Frame, address_bytes
 
 SEED = 0x5EED_0F_7AB1E

@@ -6,20 +6,20 @@ import errno
 
 import pytest
 
-from tportknockd import kernel_matching
-from tportknockd.kernel_engine import CapacityError
+from tportknockd.kernel import adapter
+from tportknockd.kernel.matcher import CapacityError
 
 
 def refuse(error: BaseException) -> object:
-    def load(*_args: object) -> kernel_matching.KernelMatching:
+    def load(*_args: object) -> adapter.KernelMatching:
         raise error
 
     return load
 
 
 def test_python_is_never_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_matching, "_load", refuse(AssertionError("not loaded")))
-    assert kernel_matching.choose("python", [], 100) == (None, "engine: python (as asked)")
+    monkeypatch.setattr(adapter, "_load", refuse(AssertionError("not loaded")))
+    assert adapter.choose("python", [], 100) == (None, "engine: python (as asked)")
 
 
 @pytest.mark.parametrize(
@@ -33,13 +33,13 @@ def test_python_is_never_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_falls_back_and_says_why(
     monkeypatch: pytest.MonkeyPatch, error: BaseException, reason: str
 ) -> None:
-    monkeypatch.setattr(kernel_matching, "_load", refuse(error))
-    matching, line = kernel_matching.choose("auto", [], 100)
+    monkeypatch.setattr(adapter, "_load", refuse(error))
+    matching, line = adapter.choose("auto", [], 100)
     assert matching is None
     assert line.startswith("engine: python (the kernel engine cannot run: ") and reason in line
 
 
 def test_kernel_asked_for_and_impossible_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_matching, "_load", refuse(OSError(errno.EPERM, "no")))
-    with pytest.raises(kernel_matching.KernelEngineError, match="not allowed to use bpf"):
-        kernel_matching.choose("kernel", [], 100)
+    monkeypatch.setattr(adapter, "_load", refuse(OSError(errno.EPERM, "no")))
+    with pytest.raises(adapter.KernelEngineError, match="not allowed to use bpf"):
+        adapter.choose("kernel", [], 100)

@@ -7,11 +7,11 @@ import select
 import pytest
 
 from test_capture import PACKET_HOST, fill_block, ring_capture, udp_frame
-from tportknockd import netif
-from tportknockd.engine import Action, RunStart
-from tportknockd.listener import EMPTY_WAKEUPS_BEFORE_CHECK, Listener
+from tportknockd.capture import netif
+from tportknockd.capture.listener import EMPTY_WAKEUPS_BEFORE_CHECK, Listener
+from tportknockd.daemon.statistics import Counters
+from tportknockd.matching.engine import Action, RunStart
 from tportknockd.model import Packet, address_text
-from tportknockd.statistics import Counters
 
 MALFORMED = bytes(12) + b"\x08\x00" + b"\x45"  # IPv4 cut short after one byte
 

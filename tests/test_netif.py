@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tportknockd import netif
+from tportknockd.capture import netif
 
 
 def test_loopback_is_listed_with_its_addresses() -> None:

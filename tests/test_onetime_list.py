@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tportknockd.model import PROTO_TCP, PROTO_UDP, SYN, Frame, ListHead
-from tportknockd.onetime_list import ListError, mark_used, parse_line, read_list
+from tportknockd.onetime.lists import ListError, mark_used, parse_line, read_list
 
 
 def test_both_syntaxes() -> None:

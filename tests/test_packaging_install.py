@@ -49,9 +49,10 @@ def _run_installed(stage: Path, program: str, *args: str) -> subprocess.Complete
 def test_install_puts_every_file_in_place(tmp_path: Path) -> None:
     stage_install(tmp_path)
     assert tree(tmp_path) >= PACKAGED, PACKAGED - tree(tmp_path)
-    modules = {path.name for path in (REPO / "src" / "tportknockd").glob("*.py")}
-    installed = {path.name for path in (tmp_path / "usr/lib/python3/dist-packages/tportknockd")
-                 .iterdir()}
+    source = REPO / "src" / "tportknockd"
+    modules = {str(path.relative_to(source)) for path in source.rglob("*.py")}
+    target = tmp_path / "usr/lib/python3/dist-packages/tportknockd"
+    installed = {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()}
     assert installed == modules  # and no byte code: the package compiles it where it runs
     version = _run_installed(tmp_path, "/usr/sbin/tportknockd", "--version")
     assert version.stdout == f"tportknockd {__version__}\n", version.stderr

@@ -31,9 +31,10 @@ from packaging_helpers import (
     require_tool,
     unit_capabilities,
 )
-from tportknockd import __version__, client, config, daemon
+from tportknockd import __version__, client, config
 from tportknockd.cli import HELP, build_parser
 from tportknockd.config import ConfigError, parse_config
+from tportknockd.daemon import loop
 
 PAGES = ["tportknockd.8", "tportknockd.conf.5", "tportknock.1"]
 
@@ -122,7 +123,7 @@ def test_every_client_option_has_an_entry_with_its_help_text() -> None:
 
 
 def test_every_signal_the_daemon_handles_is_documented() -> None:
-    handled = {signal.Signals(signum).name for signum in daemon.HANDLED_SIGNALS}
+    handled = {signal.Signals(signum).name for signum in loop.HANDLED_SIGNALS}
     documented = {word.rstrip(",") for tag in man_sections("tportknockd.8")["SIGNALS"].entries()
                   for word in tag.split()}
     assert handled and handled == documented

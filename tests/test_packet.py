@@ -21,8 +21,8 @@ from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
 from addresses import v4_addresses, v6_addresses
+from tportknockd.capture.packet import MAX_IPV6_EXT_HEADERS, parse_ethernet, parse_ip
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Packet, address_bytes
-from tportknockd.packet import MAX_IPV6_EXT_HEADERS, parse_ethernet, parse_ip
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

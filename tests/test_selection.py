@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tportknockd import netif
-from tportknockd.selection import Selection, any_would_listen_on
+from tportknockd.capture import netif
+from tportknockd.capture.selection import Selection, any_would_listen_on
 
 ARPHRD_NONE, ARPHRD_CAN = 0xFFFE, 280
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import signal
 
-from tportknockd.signals import SignalInbox
+from tportknockd.daemon.signals import SignalInbox
 
 
 def test_signals_are_taken_in_order_by_the_loop() -> None:

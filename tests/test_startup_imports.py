@@ -14,26 +14,27 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Never needed by an idle daemon: tempfile (a command's output file is opened without it)
 #: with shutil, random and the compression modules (argparse's formatter asked shutil for the
-#: terminal width), platform (bpfsys reads os.uname()).
+#: terminal width), platform (bpf.syscalls reads os.uname()).
 NEVER = ("tempfile", "shutil", "random", "bz2", "lzma", "zlib", "platform")
 #: Not needed with --engine python: the kernel engine's modules, ctypes, and ipaddress (the
 #: addresses are checked with inet_pton).
 KERNEL_ONLY = (
     "ctypes",
     "ipaddress",
-    "tportknockd.bpfsys",
-    "tportknockd.ebpf_asm",
-    "tportknockd.kernel_engine",
-    "tportknockd.kernel_matching",
-    "tportknockd.kernel_program",
+    "tportknockd.bpf.syscalls",
+    "tportknockd.bpf.ebpf_assembler",
+    "tportknockd.kernel.matcher",
+    "tportknockd.kernel.adapter",
+    "tportknockd.kernel.program",
 )
 
 START = """
 import sys
-from tportknockd import cli, daemon
+from tportknockd import cli
+from tportknockd.daemon import loop
 
-daemon.Daemon.open = lambda self: None  # no capture, no engine choice: the rest is real
-daemon.Daemon.run = lambda self: 0
+loop.Daemon.open = lambda self: None  # no capture, no engine choice: the rest is real
+loop.Daemon.run = lambda self: 0
 {before}
 assert cli.main(["-c", sys.argv[1], "-i", "lo", "--state-file", "none", "--engine", "python"]) == 0
 print(" ".join(sorted(sys.modules)))
@@ -67,17 +68,17 @@ def modules_after_start(tmp_path: Path, before: str = "") -> set[str]:
 
 def test_python_engine_start_up_leaves_out_what_it_does_not_need(tmp_path: Path) -> None:
     loaded = modules_after_start(tmp_path)
-    assert "tportknockd.daemon" in loaded and "argparse" in loaded  # the path did run
+    assert "tportknockd.daemon.loop" in loaded and "argparse" in loaded  # the path did run
     assert loaded.isdisjoint(NEVER + KERNEL_ONLY), sorted(loaded & {*NEVER, *KERNEL_ONLY})
 
 
 def test_kernel_engine_modules_bring_none_of_the_rest(tmp_path: Path) -> None:
-    # What the kernel engine adds: its modules, ctypes as bpfsys loads it, the syscall number.
+    # What the kernel engine adds: its modules, ctypes as bpf.syscalls loads it, the syscall number.
     before = (
-        "import tportknockd.kernel_matching\n"
-        "from tportknockd import bpfsys\n"
-        "bpfsys._load_ctypes(), bpfsys._syscall_number()"
+        "import tportknockd.kernel.adapter\n"
+        "from tportknockd.bpf import syscalls\n"
+        "syscalls._load_ctypes(), syscalls._syscall_number()"
     )
     loaded = modules_after_start(tmp_path, before)
-    assert {"ctypes", "tportknockd.kernel_matching"} <= loaded
+    assert {"ctypes", "tportknockd.kernel.adapter"} <= loaded
     assert loaded.isdisjoint(NEVER), sorted(loaded & set(NEVER))

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tportknockd import state
-from tportknockd.daemon import notify_systemd
-from tportknockd.state import SavedDoor
+from tportknockd.daemon import state
+from tportknockd.daemon.state import SavedDoor
+from tportknockd.daemon.systemd import notify_systemd
 
 
 def test_round_trip(tmp_path: Path) -> None:

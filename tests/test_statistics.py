@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from tportknockd.capture import Stats
-from tportknockd.statistics import Counters
+from tportknockd.capture.ring import Stats
+from tportknockd.daemon.statistics import Counters
 
 
 def test_summary_names_every_counter() -> None:

@@ -21,7 +21,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from tportknockd.config import ConfigError, parse_config
-from tportknockd.engine import Engine
+from tportknockd.matching.engine import Engine
 
 #: Examples per hypothesis run: a long run is made of several (hypothesis keeps a record of
 #: every example of a run, which grows with it).

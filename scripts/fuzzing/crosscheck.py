@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from tportknockd.config import parse_config
 from tportknockd.frame_syntax import format_frame
-from tportknockd.kernel_engine import KernelMatcher
+from tportknockd.kernel.matcher import KernelMatcher
 from tportknockd.model import PROTO_TCP, PROTO_UDP, Frame
 
 from .frames import LOCAL, FrameMaker, Step, random_source

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from kernel_path import KernelPath, QueuedSomething, TooShort, too_short_for_test_run
 from python_path import Completions, PythonPath
-from tportknockd.packet import parse_ethernet, parse_ip
+from tportknockd.capture.packet import parse_ethernet, parse_ip
 
 __all__ = [
     "Completions",

@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tportknockd import __version__, netif
-from tportknockd.actions import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
+from tportknockd import __version__
+from tportknockd.capture import netif
+from tportknockd.capture.selection import Selection, any_would_listen_on
 from tportknockd.config import ConfigError, check_report, load_config
-from tportknockd.daemon import ENGINES, Daemon, Options, StartupError
-from tportknockd.engine import DEFAULT_MAX_ATTEMPTS
-from tportknockd.selection import Selection, any_would_listen_on
-from tportknockd.state import DEFAULT_STATE_FILE
+from tportknockd.daemon.commands import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
+from tportknockd.daemon.loop import ENGINES, Daemon, Options, StartupError
+from tportknockd.daemon.state import DEFAULT_STATE_FILE
+from tportknockd.matching.engine import DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger("tportknockd")
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tportknockd import otp
 from tportknockd.config import ConfigError, format_frame, load_config, parse_frame
 from tportknockd.model import PROTO_TCP, PROTOCOL_NAMES, SYN, Event, Frame, describe_flags
+from tportknockd.onetime import derivation
 
 PROG = "tportknock"
 
@@ -207,8 +207,8 @@ def frames_from_args(args: argparse.Namespace, unix_time: float | None = None) -
     event = _config_event(args)
     if event.otp is not None:
         now = time.time() if unix_time is None else unix_time
-        number = otp.window_number(now, event.otp.window) + args.window_offset
-        return otp.derive(event.otp, event.name, number)
+        number = derivation.window_number(now, event.otp.window) + args.window_offset
+        return derivation.derive(event.otp, event.name, number)
     if args.window_offset:
         raise KnockError(
             f"--window-offset applies to events with otp_secret; {event.name!r} has none",

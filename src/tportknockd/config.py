@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tportknockd import otp
 from tportknockd.frame_syntax import format_frame, format_kind, parse_frame
 from tportknockd.model import (
     ACK,
@@ -28,7 +27,8 @@ from tportknockd.model import (
     OneTimeList,
     OtpSpec,
 )
-from tportknockd.onetime_config import LIST_KEY, OTP_KEYS, Setting, parse_list, parse_otp
+from tportknockd.onetime import derivation
+from tportknockd.onetime.keys import LIST_KEY, OTP_KEYS, Setting, parse_list, parse_otp
 
 __all__ = [
     "ConfigError",
@@ -613,10 +613,11 @@ def _describe_otp(event: Event, spec: OtpSpec, show_at: float | None) -> list[st
     ]
     if show_at is None:
         return [*lines, "    sequences:     not shown (--show-sequences shows them)"]
-    for number in otp.accepted_windows(show_at, spec.window):
-        start = otp.window_start(number, spec.window)
+    for number in derivation.accepted_windows(show_at, spec.window):
+        start = derivation.window_start(number, spec.window)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start))
-        frames = " ".join(format_frame(frame) for frame in otp.derive(spec, event.name, number))
+        derived = derivation.derive(spec, event.name, number)
+        frames = " ".join(format_frame(frame) for frame in derived)
         lines.append(f"    window {number} (from {stamp}): {frames}")
     return lines
 

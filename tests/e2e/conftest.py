@@ -1,6 +1,6 @@
 """Running the real daemon and client inside a throw-away veth pair.
 
-Every test gets its own pair of namespaces (tests/netns.py), a config written into tmp_path
+Every test gets its own pair of namespaces (tests/support/netns.py), a config written into tmp_path
 whose commands append lines to `tmp_path/actions`, and the daemon running in the server
 namespace with its stderr in `tmp_path/daemon.log`. Success is waited for with a deadline by
 polling those files; "did not fire" is proved by knocking a sentinel event afterwards and
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-# tests/netns.py is shared by the test suites; the package itself may not be installed.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tests/support/netns.py is shared by the test suites; the package itself may not be installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 if "tportknockd" not in sys.modules:
     sys.path.append(str(Path(__file__).resolve().parents[2] / "src"))
 

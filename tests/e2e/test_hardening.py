@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 SHORT = "udp:7100 tcp:7101:fu udp:7102"
 FLOOD_PORT = 7300
 FLOOD_SEQUENCE = f"udp:{FLOOD_PORT} udp:7301 tcp:7302:sa"
-FLOOD_SCRIPT = Path(__file__).resolve().parents[1] / "flood.py"
+FLOOD_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "flood.py"
 
 
 def _kill9(daemon_proc: subprocess.Popen[str]) -> None:

@@ -13,7 +13,7 @@ from netns import SERVER_V4, Pair, link_mac
 
 pytestmark = pytest.mark.e2e
 
-KNOCKERS = Path(__file__).resolve().parents[1] / "knockers.py"
+KNOCKERS = Path(__file__).resolve().parents[1] / "support" / "knockers.py"
 SOURCES = 1000
 PORTS = (7201, 7202, 7203)
 

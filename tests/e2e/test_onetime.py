@@ -1,7 +1,7 @@
 """One-time knocks for real: sequences from a secret and the clock, and one-time lists.
 
 The knocks are sent by `tportknock -c CONFIG -e EVENT`, captured with tcpdump on the client's
-link, and replayed (tests/replay.py, scapy) from the same and from another address.
+link, and replayed (tests/support/replay.py, scapy) from the same and from another address.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 WINDOW = 6  # seconds: short, so that tests see windows move
 OTHER_V4 = "198.51.100.3"  # a second client address (the eavesdropper's)
-REPLAY = REPO / "tests" / "replay.py"
+REPLAY = REPO / "tests" / "support" / "replay.py"
 
 
 def otp_block(secret: Path, *, stop: bool = True, delay: float = 1, window: int = WINDOW) -> str:

@@ -17,7 +17,7 @@ from netns import CLIENT_V4, SERVER_V4, Pair, link_mac
 
 pytestmark = pytest.mark.e2e
 
-TXRING = Path(__file__).resolve().parents[1] / "txring.py"
+TXRING = Path(__file__).resolve().parents[1] / "support" / "txring.py"
 PORTS = (7301, 7302, 7303)
 
 

@@ -1,0 +1,222 @@
+"""Carrying out the engine's actions, with the doors kept durable.
+
+The engine decides what must happen; the doorkeeper makes it happen: it runs the commands
+(through the command runner, which never blocks), logs each door opening, pushed back and
+closing, and keeps the state file ahead of the doors, so that a crash at any moment leaves no
+open door unrecorded. At start-up it takes over the doors a previous run left open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from tportknockd.daemon import state
+from tportknockd.daemon.statistics import Counters
+from tportknockd.frame_syntax import format_frame, parse_frame
+from tportknockd.matching.engine import (
+    Action,
+    Burned,
+    Door,
+    DoorExtended,
+    Engine,
+    ListLineUsed,
+    Progress,
+    Replayed,
+    RunStart,
+    RunStop,
+)
+from tportknockd.model import Frame
+
+log = logging.getLogger("tportknockd")
+
+
+class Runner(Protocol):
+    """What the doorkeeper needs of actions.CommandRunner."""
+
+    def run(self, label: str, command: str, address: str, key: Hashable | None = None) -> None:
+        """Start `command` for `address` in the background; same `key`, same order."""
+
+
+#: Makes a used one-time list line durable; False when it could not (the door stays shut).
+UseListLine = Callable[[ListLineUsed], bool]
+
+
+class Doorkeeper:
+    def __init__(
+        self,
+        engine: Engine,
+        runner: Runner,
+        state_file: str | None,
+        counters: Counters,
+        use_list_line: UseListLine | None = None,
+    ) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.state_file = state_file  # None: keep no record
+        self.counters = counters
+        self.use_list_line = use_list_line
+
+    def perform(self, actions: list[Action], via: str | None = None) -> None:
+        """Carry out the engine's actions, keeping the state file ahead of the doors.
+
+        Stops run first, then used one-time list lines are commented out, then the record
+        (open doors and burned one-time sequences) is rewritten, then starts run: a crash at
+        any point leaves a door recorded longer than needed (its stop runs again at restart,
+        harmlessly), never an open door unrecorded, and never a used one-time sequence
+        usable again. `via` names the interface the packet that caused the actions came in
+        on (for the log).
+        """
+        changes_record = False
+        for action in actions:
+            if isinstance(action, RunStop):
+                self._dispatch(action, via)
+                changes_record = True
+            elif isinstance(action, (RunStart, DoorExtended, Burned)):
+                changes_record = True
+        refused = self._use_list_lines(actions)
+        if changes_record:
+            self._record()
+        for action in actions:
+            if isinstance(action, RunStart) and (action.event, action.address) in refused:
+                continue
+            if not isinstance(action, RunStop):
+                self._dispatch(action, via)
+
+    def _use_list_lines(self, actions: list[Action]) -> set[tuple[str, str]]:
+        """Make used list lines durable; the doors whose line could not be marked."""
+        opening = {(a.event, a.address) for a in actions if isinstance(a, RunStart)}
+        refused: set[tuple[str, str]] = set()
+        for action in actions:
+            if not isinstance(action, ListLineUsed):
+                continue
+            if self.use_list_line is None or not self.use_list_line(action):
+                door = (action.event, action.address)
+                refused.add(door)
+                if door in opening:
+                    # Opened just now: never opened after all, so no stop is due. A door
+                    # that was already open keeps its stop (only pushed back).
+                    self.engine.doors.abandon(*door)
+        return refused
+
+    def _dispatch(self, action: Action, via: str | None) -> None:
+        if isinstance(action, RunStart):
+            self.counters.fired += 1
+            log.info(
+                "%s: knock from %s accepted: opening%s", action.event, action.address, _on(via)
+            )
+            self._run_command(action, "start")
+        elif isinstance(action, RunStop):
+            log.info("%s: closing for %s", action.event, action.address)
+            self._run_command(action, "stop")
+        elif isinstance(action, DoorExtended):
+            log.info(
+                "%s: knock from %s while open: stop pushed back, now in %.1f s%s",
+                action.event,
+                action.address,
+                action.due - time.monotonic(),
+                _on(via),
+            )
+        elif isinstance(action, Replayed):
+            self.counters.replays += 1
+            log.warning(
+                "%s: replayed sequence from %s, first used by %s%s",
+                action.event,
+                action.address,
+                action.first_address,
+                _on(via),
+            )
+        elif isinstance(action, Progress):
+            log.debug(
+                "%s: %s %s (%d/%d)%s",
+                action.event,
+                action.address,
+                action.what,
+                action.step,
+                action.of,
+                _on(via),
+            )
+
+    def _run_command(self, action: RunStart | RunStop, what: str) -> None:
+        door = (action.event, action.address)  # a door's commands run in order
+        label = f"{action.event} {action.address} {what}"
+        self.runner.run(label, action.command, action.address, key=door)
+
+    # -- the record -------------------------------------------------------------------------
+
+    def _record(self) -> None:
+        """Write every open door to the state file (atomically, durably)."""
+        path = self.state_file
+        if path is None:
+            return
+        wall, mono = time.time(), time.monotonic()
+        doors = [
+            state.SavedDoor(d.event, d.address, wall + d.due - mono, d.stop_command, d.delay)
+            for d in self.engine.open_doors()
+        ]
+        burns = [
+            state.SavedBurn(b.event, b.address, b.window, " ".join(map(format_frame, b.frames)))
+            for b in self.engine.doors.burns()
+        ]
+        try:
+            state.save(path, doors, burns)
+        except OSError as exc:
+            log.error(
+                "cannot record open doors in %s: %s (a crash now would leave them open)", path, exc
+            )
+
+    def _restore_burns(self, burns: list[state.SavedBurn]) -> None:
+        for burn in burns:
+            try:
+                frames = _frames_of(burn.frames)
+            except ValueError as exc:
+                log.error("state file: a used one-time sequence cannot be read back: %s", exc)
+                continue
+            self.engine.doors.restore_burn(Burned(burn.event, burn.address, burn.window, frames))
+        if burns:
+            log.info("%d used one-time sequences remembered from an earlier run", len(burns))
+
+    def restore(self) -> None:
+        """Take over the doors a previous run left open: close due ones, reschedule the rest."""
+        path = self.state_file
+        if path is None:
+            return
+        try:
+            saved, burns = state.load_all(path)
+        except state.StateError as exc:
+            aside = state.set_aside(path)
+            log.error("%s; moved aside to %s", exc, aside)
+            return
+        self._restore_burns(burns)
+        wall, mono = time.time(), time.monotonic()
+        due_now: list[Action] = []
+        for door in saved:
+            if door.due <= wall:
+                log.info(
+                    "%s: door for %s was left open by an earlier run: closing now",
+                    door.event,
+                    door.address,
+                )
+                due_now.append(RunStop(door.event, door.address, door.stop_command))
+            else:
+                log.info(
+                    "%s: door for %s was left open by an earlier run: closing in %.0f s",
+                    door.event,
+                    door.address,
+                    door.due - wall,
+                )
+                due = mono + door.due - wall
+                self.engine.restore_door(
+                    Door(door.event, door.address, due, door.stop_command, door.delay)
+                )
+        self.perform(due_now)
+
+
+def _on(via: str | None) -> str:
+    return f" (on {via})" if via else ""
+
+
+def _frames_of(spelled: str) -> tuple[Frame, ...]:
+    return tuple(parse_frame(word) for word in spelled.split())
