@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import pytest
 
+from tportknockd.capture import netif
+from tportknockd.capture.interfaces import Interfaces
 from tportknockd.capture.selection import Selection
 from tportknockd.daemon.loop import Daemon, Options
+from tportknockd.daemon.matching import PythonMatching
+from tportknockd.matching.sequences import LiveSequence, static_sequences
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
 
 A = "198.51.100.7"
@@ -24,13 +28,27 @@ EVENT = Event(
     30.0,
 )
 
+OTHER = Event(
+    "vpn", (Frame(PROTO_UDP, 7000, None), Frame(PROTO_UDP, 7001, None)), 5.0, "open %IP%"
+)
+
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Daemon:
-    return Daemon(
+def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Daemon:
+    """A daemon opened with the Python engine, without captures (no root needed)."""
+    monkeypatch.setattr(Interfaces, "start", lambda self: None)
+    opened = Daemon(
         Config("t.conf", (EVENT,)),
-        Options("t.conf", Selection(("knk0",)), state_file=str(tmp_path / "doors.json")),
+        Options(
+            "t.conf",
+            Selection(("knk0",)),
+            state_file=str(tmp_path / "doors.json"),
+            engine="python",
+        ),
     )
+    opened.open()
+    opened.interfaces._add_listeners([netif.Interface("knk0", 5, True, "up", [])])
+    return opened
 
 
 def test_transient_socket_error_does_not_end_the_loop(
@@ -131,3 +149,76 @@ class Recorder:
 
     def run(self, label: str, command: str, address: str, key: Hashable | None = None) -> None:
         self.labels.append(label)
+
+
+class RecordingMatching(PythonMatching):
+    """The Python matching, recording what it is told; refuses sequences on demand."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__("engine: test")
+        self.refuse = refuse
+        self.told: list[list[str]] = []
+
+    def set_sequences(self, sequences: Sequence[LiveSequence]) -> None:
+        if self.refuse:
+            raise ValueError("17 sequences share a frame")
+        self.told.append([seq.event.name for seq in sequences])
+
+
+def test_apply_puts_new_sequences_everywhere(daemon: Daemon) -> None:
+    daemon.matching = recording = RecordingMatching()
+    new = static_sequences(Config("t.conf", (OTHER,)))
+    daemon.apply(new)
+    assert recording.told == [["vpn"]]
+    assert [seq.event.name for seq in daemon.engine.sequences] == ["vpn"]
+    listener = daemon.interfaces.listeners["knk0"]
+    assert [f.port for f in daemon._current_frames()] == [7000, 7001]
+    assert listener.capture is None  # no capture here: refilter compiled for it all the same
+
+
+def test_apply_that_the_matching_refuses_changes_nothing(daemon: Daemon) -> None:
+    daemon.matching = RecordingMatching(refuse=True)
+    refiltered: list[object] = []
+    daemon.interfaces.refilter = refiltered.append  # type: ignore[method-assign,assignment]
+    with pytest.raises(ValueError, match="17 sequences share a frame"):
+        daemon.apply(static_sequences(Config("t.conf", (OTHER,))))
+    assert refiltered == []
+    assert [seq.event.name for seq in daemon.engine.sequences] == ["ssh"]
+
+
+def test_apply_whose_filters_do_not_fit_puts_the_matching_back(daemon: Daemon) -> None:
+    daemon.matching = recording = RecordingMatching()
+
+    def too_long(frames: object) -> None:
+        raise ValueError("more than the kernel's limit")
+
+    daemon.interfaces.refilter = too_long  # type: ignore[method-assign,assignment]
+    with pytest.raises(ValueError, match="kernel's limit"):
+        daemon.apply(static_sequences(Config("t.conf", (OTHER,))))
+    assert recording.told == [["vpn"], ["ssh"]]  # told, then told again what stays
+    assert [seq.event.name for seq in daemon.engine.sequences] == ["ssh"]
+
+
+def test_moved_sequences_that_do_not_fit_keep_the_old_ones(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon.matching = RecordingMatching(refuse=True)
+    daemon.sequencer._apply(static_sequences(Config("t.conf", (OTHER,))), "windows moved")
+    assert "windows moved: the new sequences do not fit (17 sequences share a frame)" in (
+        caplog.text
+    )
+    assert [seq.event.name for seq in daemon.engine.sequences] == ["ssh"]
+
+
+def test_the_statistics_line_ends_with_the_matchings_own(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+
+    class Counting(PythonMatching):
+        def summary(self) -> str:
+            return "kernel_seen=7"
+
+    daemon.matching = Counting("engine: test")
+    daemon.log_statistics()
+    assert caplog.records[-1].getMessage().endswith(" ring_resyncs=0 kernel_seen=7")

@@ -13,12 +13,15 @@ import pytest
 
 import bpfvm
 from tportknockd.capture import netif
-from tportknockd.capture.interfaces import Interfaces, StartupError, _is_link_local, own_addresses
-from tportknockd.capture.knock_filter import Insn
+from tportknockd.bpf.classic import Insn
+from tportknockd.capture.interfaces import Interfaces, StartupError, own_addresses
 from tportknockd.capture.ring import RingGeometry, Stats
 from tportknockd.capture.selection import Selection
+from tportknockd.daemon.matching import Matching, PythonMatching
 from tportknockd.daemon.statistics import Counters
-from tportknockd.model import PROTO_UDP, Frame, Packet
+from tportknockd.kernel.adapter import KernelMatching
+from tportknockd.kernel.matcher import Capacity
+from tportknockd.model import PROTO_UDP, Frame, Packet, is_link_local
 
 KNOCK_PORT = 7000
 
@@ -112,10 +115,18 @@ def _no_watcher() -> netif.ChangeWatcher:
 FRAMES = [Frame(PROTO_UDP, KNOCK_PORT, None)]
 
 
-def interfaces_on(names: Sequence[str], frames: list[Frame] | None = None) -> Interfaces:
+def interfaces_on(
+    names: Sequence[str], frames: list[Frame] | None = None, matching: Matching | None = None
+) -> Interfaces:
     wanted = FRAMES if frames is None else frames
     selection = Selection.parse(names)
-    return Interfaces(selection, lambda: wanted, FakePoller(), Counters())  # type: ignore[arg-type]
+    return Interfaces(
+        selection,
+        matching or PythonMatching("engine: python"),
+        lambda: wanted,
+        FakePoller(),  # type: ignore[arg-type]
+        Counters(),
+    )
 
 
 def udp_to(dst: str, port: int = KNOCK_PORT) -> bytes:
@@ -288,7 +299,13 @@ def test_ipv6_link_local_counts_only_on_its_own_interface(kernel: Kernel) -> Non
     assert interfaces.listeners["knk0"].accepted == {"198.51.100.1", "203.0.113.1", "fe80::1"}
 
 
-class RecordingKernelEngine:
+class FakeMatcher:
+    """Stands in for kernel/matcher.KernelMatcher: its program, the addresses it was given."""
+
+    program = [(0x06, 0, 0, 0)]
+    instructions = 1
+    capacity = Capacity()
+
     def __init__(self) -> None:
         self.addresses: set[str] = set()
 
@@ -296,19 +313,35 @@ class RecordingKernelEngine:
         self.addresses = set(addresses)
 
 
+def in_kernel() -> tuple[KernelMatching, FakeMatcher]:
+    matcher = FakeMatcher()
+    return KernelMatching(matcher), matcher  # type: ignore[arg-type]
+
+
 def test_the_kernel_engine_gets_link_local_addresses_with_their_interface(
     kernel: Kernel,
 ) -> None:
     """One program serves every interface: a link-local address goes to its map with the
-    index of its own interface (kernel_program.local_key), the others without."""
+    index of its own interface (kernel/program.py local_key), the others without; the
+    addresses of a link without an Ethernet header stay with its classic filter."""
     kernel.add("knk0", 5, "198.51.100.1", "fe80::1%knk0")
     kernel.add("knk2", 6, "203.0.113.1", "fe80::2%knk2")
-    interfaces = interfaces_on(["knk0", "knk2"])
+    kernel.add("wg0", 7, link_type=ARPHRD_NONE)
+    matching, matcher = in_kernel()
+    interfaces = interfaces_on(["knk0", "knk2", "wg0"], matching=matching)
     interfaces.start()
-    engine = RecordingKernelEngine()
-    interfaces.kernel = engine  # type: ignore[assignment]
-    interfaces._sync_kernel_addresses()
-    assert engine.addresses == {"198.51.100.1", "203.0.113.1", "fe80::1%5", "fe80::2%6"}
+    assert matcher.addresses == {"198.51.100.1", "203.0.113.1", "fe80::1%5", "fe80::2%6"}
+    kernel.get("wg0").addresses.append("203.0.113.7")
+    kernel.get("knk0").addresses.append("198.51.100.9")
+    interfaces.follow()
+    assert "198.51.100.9" in matcher.addresses
+    assert matcher.addresses == {
+        "198.51.100.1", "198.51.100.9", "203.0.113.1", "203.0.113.7", "fe80::1%5", "fe80::2%6"
+    }  # fmt: skip
+    kernel.remove("knk2")  # re-created: a new index, which the link-local address follows
+    kernel.add("knk2", 9, "203.0.113.1", "fe80::2%knk2")
+    interfaces.follow()
+    assert "fe80::2%9" in matcher.addresses and "fe80::2%6" not in matcher.addresses
 
 
 def test_loopback_addresses_never_count_even_on_lo(kernel: Kernel) -> None:
@@ -483,33 +516,24 @@ def test_any_leaves_out_links_that_carry_no_ip(kernel: Kernel) -> None:
 # --- capture rings ---------------------------------------------------------------------------
 
 
-class FakeKernelMatching:
-    """Stands in for kernel_matching.KernelMatching: its program, its local addresses."""
-
-    program = [(0x06, 0, 0, 0)]
-
-    def set_local_addresses(self, addresses: object) -> None:
-        pass
-
-
 def test_a_capture_that_carries_the_kernel_program_gets_the_small_ring(kernel: Kernel) -> None:
     kernel.add("knk0", 5, "198.51.100.1")
     kernel.add("wg0", 6, "203.0.113.1", link_type=ARPHRD_NONE)
     python = interfaces_on(["knk0,wg0"])
     python.start()
     assert capture_of(python, "knk0").geometry == RingGeometry()
-    in_kernel = interfaces_on(["knk0,wg0"])
-    in_kernel.kernel = FakeKernelMatching()  # type: ignore[assignment]
-    in_kernel.start()
+    kernel_engine = interfaces_on(["knk0,wg0"], matching=in_kernel()[0])
+    kernel_engine.start()
     small = RingGeometry.for_kernel_engine()
-    assert capture_of(in_kernel, "knk0").geometry == small
+    assert capture_of(kernel_engine, "knk0").geometry == small
+    assert capture_of(kernel_engine, "knk0").program == FakeMatcher.program
     assert small.block_size * small.block_count == 256 << 10
     # A link without an Ethernet header keeps the classic filter, Python matching, the
     # Python engine's ring; and so does every link once --ring-size is given.
-    assert capture_of(in_kernel, "wg0").geometry == RingGeometry()
-    asked = interfaces_on(["knk0,wg0"])
+    assert capture_of(kernel_engine, "wg0").geometry == RingGeometry()
+    assert capture_of(kernel_engine, "wg0").program != FakeMatcher.program
+    asked = interfaces_on(["knk0,wg0"], matching=in_kernel()[0])
     asked.geometry = RingGeometry.of_size(3)
-    asked.kernel = FakeKernelMatching()  # type: ignore[assignment]
     asked.start()
     for name in ("knk0", "wg0"):
         assert capture_of(asked, name).geometry == RingGeometry.of_size(3)
@@ -536,7 +560,7 @@ def test_loopback_and_link_local_are_what_ipaddress_says(
 ) -> None:
     link = netif.Interface("knk0", 5, True, "up", [address])
     assert (own_addresses(link) == frozenset()) is loopback
-    assert _is_link_local(address) is link_local
+    assert is_link_local(address) is link_local
     parsed = ipaddress.ip_address(address)
     assert parsed.is_loopback is loopback
     assert (parsed.version == 6 and parsed.is_link_local) is link_local

@@ -195,6 +195,11 @@ def is_link_local_v6(packed: bytes) -> bool:
     return len(packed) == 16 and packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
 
 
+def is_link_local(address: str) -> bool:
+    """`is_link_local_v6` of an address in text, without zone."""
+    return ":" in address and is_link_local_v6(address_bytes(address))
+
+
 def is_loopback(packed: bytes) -> bool:
     """127.0.0.0/8 or ::1."""
     return packed[0] == 127 if len(packed) == 4 else packed == _IPV6_LOOPBACK

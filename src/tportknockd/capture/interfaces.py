@@ -27,16 +27,15 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from tportknockd.bpf import classic
-from tportknockd.bpf.disassembler import disassemble
-from tportknockd.capture import knock_filter, netif
+from tportknockd.capture import netif
 from tportknockd.capture.listener import Feed, Listener, Perform
 from tportknockd.capture.ring import RingGeometry
 from tportknockd.capture.selection import Selection
 from tportknockd.daemon.statistics import Counters
-from tportknockd.model import Frame, address_bytes, is_link_local_v6, is_loopback
+from tportknockd.model import Frame, address_bytes, is_link_local, is_loopback
 
-if TYPE_CHECKING:  # the kernel engine is imported only when it is chosen
-    from tportknockd.kernel.adapter import KernelMatching
+if TYPE_CHECKING:  # the interface only: capture sits below the daemon that chooses it
+    from tportknockd.daemon.matching import Matching
 
 log = logging.getLogger("tportknockd")
 
@@ -51,6 +50,7 @@ class Interfaces:
     def __init__(
         self,
         selection: Selection,
+        matching: Matching,
         frames: Callable[[], Iterable[Frame]],
         poller: select.poll,
         counters: Counters,
@@ -59,6 +59,9 @@ class Interfaces:
         debug: bool = False,
     ) -> None:
         self.selection = selection
+        #: Builds each capture's filter and learns the addresses that count (see
+        #: daemon/matching.py): the classic filter, or the kernel engine's program.
+        self.matching = matching
         self._frames = frames
         self._poller = poller
         self.counters = counters
@@ -73,9 +76,6 @@ class Interfaces:
         self.watcher: netif.ChangeWatcher | None = None
         self._next_check = 0.0
         self._next_refresh = 0.0
-        #: With the kernel engine: its program goes on every Ethernet link, in place of the
-        #: classic filter, and its map of local addresses follows the listeners'.
-        self.kernel: KernelMatching | None = None
 
     def _listener(self, name: str) -> Listener:
         listener = self.listeners.get(name)
@@ -107,6 +107,7 @@ class Interfaces:
         for link in links:
             if self.selection.listens_on(link):
                 self._open_at_start(self.listeners[link.name], link)
+        self._share_addresses()
         self._next_check = time.monotonic() + LINK_CHECK
         self._next_refresh = time.monotonic() + (self.refresh or 0)
 
@@ -195,6 +196,7 @@ class Interfaces:
                 listener.follow_state(link)
             elif self.selection.listens_on(link):
                 self._reopen(listener, link)
+        self._share_addresses()
 
     def _add_listeners(self, links: list[netif.Interface]) -> None:
         """A listener for each interface to listen on that has none (new ones, with `any`)."""
@@ -223,32 +225,23 @@ class Interfaces:
         shared: set[str] = set()
         for link in links:
             if self.selection.counts_addresses_of(link):
-                shared.update(a for a in own_addresses(link) if not _is_link_local(a))
+                shared.update(a for a in own_addresses(link) if not is_link_local(a))
         for name, listener in self.listeners.items():
             current = by_name.get(name)
             own = own_addresses(current) if current is not None else frozenset()
-            accepted = shared.union(a for a in own if _is_link_local(a))
+            accepted = shared.union(a for a in own if is_link_local(a))
             if listener.capture is None:
                 listener.set_addresses(own, accepted)
             elif listener.is_same_interface(current):
                 self._readdress(listener, own, accepted)
-        self._sync_kernel_addresses()
 
-    def _sync_kernel_addresses(self) -> None:
-        """The kernel engine's addresses: every destination that counts on some listener (one
-        map for all sockets), a link-local one with the index of its own interface (`%5`)."""
-        if self.kernel is None:
-            return
-        wanted: set[str] = set()
-        for listener in self.listeners.values():
-            if not listener.raw_ip:
-                wanted.update(
-                    f"{a}%{listener.index}" if _is_link_local(a) else a for a in listener.accepted
-                )
-        try:
-            self.kernel.set_local_addresses(wanted)
-        except ValueError as exc:
-            log.error("kernel engine: %s; keeping its old addresses", exc)
+    def _share_addresses(self) -> None:
+        """Tell matching the destinations that count on each open capture. After the captures
+        are opened: a link-local address goes with the index of its interface, which a capture
+        learns when it opens (anew when the interface was re-created)."""
+        self.matching.set_local_addresses(
+            listener for listener in self.listeners.values() if listener.capture is not None
+        )
 
     def _readdress(self, listener: Listener, own: frozenset[str], accepted: set[str]) -> None:
         if own != listener.addresses:
@@ -280,14 +273,10 @@ class Interfaces:
         self._poller.register(listener.fileno(), select.POLLIN)
 
     def _geometry(self, raw_ip: bool) -> RingGeometry:
-        """The ring of a new capture: what --ring-size asked for, else the kernel engine's
-        small ring where its program is attached (the ring then waits only for the rare
-        packets it passes), else the default."""
+        """The ring of a new capture: what --ring-size asked for, else what matching needs."""
         if self.geometry is not None:
             return self.geometry
-        if self.kernel is not None and not raw_ip:
-            return RingGeometry.for_kernel_engine()
-        return RingGeometry()
+        return self.matching.ring_for(raw_ip)
 
     def _reopen(self, listener: Listener, link: netif.Interface) -> None:
         try:
@@ -328,23 +317,10 @@ class Interfaces:
     def _program(
         self, addresses: Collection[str], raw_ip: bool, frames: Iterable[Frame] | None = None
     ) -> classic.Program:
-        """The kernel filter for `frames` (default: the current ones) sent to `addresses`,
-        for a link with an Ethernet header or (`raw_ip`) without; with the kernel engine, its
-        program for an Ethernet link (which follows frames and addresses through its maps).
-
-        Raises ValueError when it would not fit in a classic BPF program.
-        """
-        if self.kernel is not None and not raw_ip:
-            return self.kernel.program
-        if not addresses:
-            return knock_filter.drop_all()
+        """The filter for `frames` (default: the current ones) sent to `addresses`, for a link
+        with an Ethernet header or (`raw_ip`) without. ValueError when it cannot be built."""
         wanted = self._frames() if frames is None else frames
-        program = knock_filter.compile_filter(wanted, addresses, raw_ip)
-        if self.debug:
-            log.debug(
-                "kernel filter (%d instructions):\n%s", len(program), disassemble(program)
-            )
-        return program
+        return self.matching.program_for(addresses, raw_ip, wanted)
 
     # -- statistics and the end -----------------------------------------------------------
 
@@ -371,9 +347,6 @@ def own_addresses(link: netif.Interface) -> frozenset[str]:
     bare = (a.split("%", 1)[0] for a in link.addresses)
     return frozenset(a for a in bare if not is_loopback(address_bytes(a)))
 
-
-def _is_link_local(address: str) -> bool:
-    return ":" in address and is_link_local_v6(address_bytes(address))
 
 
 def _check_can_capture() -> None:

@@ -29,6 +29,7 @@ The program is written with the classic assembler of bpf/classic.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from tportknockd.bpf.classic import (
@@ -59,8 +60,11 @@ from tportknockd.bpf.classic import (
     Return,
     Target,
 )  # fmt: skip
+from tportknockd.bpf.disassembler import disassemble
 from tportknockd.capture.packet import ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from tportknockd.model import PROTO_TCP, Frame, address_bytes
+
+log = logging.getLogger("tportknockd")
 
 #: What an accepting program returns: enough for every header the parser reads, no payload.
 SNAPLEN = 512
@@ -278,3 +282,13 @@ def _emit_dispatch(asm: Assembler, cases: Sequence[tuple[int, Target]], otherwis
         asm.emit(BPF_JMP | BPF_JEQ | BPF_K, value, jt=target)
     value, target = cases[-1]
     asm.emit(BPF_JMP | BPF_JEQ | BPF_K, value, jt=target, jf=otherwise)
+
+
+def classic_filter(
+    frames: Iterable[Frame], local_addrs: Iterable[str], raw_ip: bool, debug: bool = False
+) -> list[Insn]:
+    """`compile_filter`, and with -d its listing in the log."""
+    program = compile_filter(frames, local_addrs, raw_ip)
+    if debug:
+        log.debug("kernel filter (%d instructions):\n%s", len(program), disassemble(program))
+    return program

@@ -6,6 +6,7 @@ lives in its own module:
 
 * `interfaces` / `listener` — the listened interfaces, one capture each, followed as they go
   down, up, away and back, and their addresses;
+* `matching` — where knocks are matched (classic filters and Python, or the kernel engine);
 * `doorkeeper` — the engine's actions carried out, with the state file kept ahead of the doors;
 * `statistics` — the counters; `signals` — signals handled in the loop, not in the handler.
 
@@ -19,9 +20,7 @@ import logging
 import select
 import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tportknockd.capture.interfaces import Interfaces, StartupError
 from tportknockd.capture.ring import RingGeometry
@@ -30,26 +29,22 @@ from tportknockd.config import ConfigError, load_config
 from tportknockd.daemon import state
 from tportknockd.daemon.commands import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
 from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.matching import ENGINES, EngineError, Matching, choose
 from tportknockd.daemon.sequencer import Sequencer, frames_of
 from tportknockd.daemon.signals import SignalInbox
 from tportknockd.daemon.statistics import Counters
+from tportknockd.daemon.systemd import notify_systemd
 from tportknockd.matching.engine import DEFAULT_MAX_ATTEMPTS, Action, Engine
-from tportknockd.matching.sequences import Schedule
+from tportknockd.matching.sequences import LiveSequence, Schedule
 from tportknockd.model import Config, Frame
 
-if TYPE_CHECKING:  # imported when the kernel engine is chosen (it brings ctypes along)
-    from tportknockd.kernel.adapter import KernelMatching
-from tportknockd.daemon.systemd import notify_systemd
-
-__all__ = ["Daemon", "Options", "StartupError", "notify_systemd"]
+__all__ = ["ENGINES", "Daemon", "Options", "StartupError", "notify_systemd"]
 
 log = logging.getLogger("tportknockd")
 
 IDLE_WAKEUP = 5.0  # seconds: the longest sleep
 STATISTICS_INTERVAL = 5.0  # seconds between reads of the kernel's drop counters
 STOP_GRACE = 10.0  # seconds to wait at exit for the last stop commands to finish
-#: Where knocks are matched (--engine): see adapter.
-ENGINES = ("auto", "kernel", "python")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -74,6 +69,8 @@ class Daemon:
     engine: Engine = field(init=False)
     runner: CommandRunner = field(init=False)
     counters: Counters = field(default_factory=Counters)
+    matching: Matching = field(init=False)
+    interfaces: Interfaces = field(init=False)
 
     def __post_init__(self) -> None:
         options = self.options
@@ -88,18 +85,7 @@ class Daemon:
             self.sequencer.use_list_line,
         )
         self.poller = select.poll()
-        self.interfaces = Interfaces(
-            options.interfaces,
-            self._current_frames,
-            self.poller,
-            self.counters,
-            RingGeometry.of_size(options.ring_mib) if options.ring_mib else None,
-            options.refresh,
-            options.debug,
-        )
         self.signals = SignalInbox()
-        self.kernel: KernelMatching | None = None
-        self._engine_line = "engine: python"
         self._stopping = False
         self._next_statistics = 0.0
 
@@ -109,29 +95,43 @@ class Daemon:
 
     def open(self) -> None:
         """Choose the engine, open the captures; StartupError with a line fit for the user."""
-        self.sequencer.start(self._refilter)
-        self.kernel, self._engine_line = self._choose_engine()
-        self.interfaces.kernel = self.kernel
+        self.sequencer.start(self.apply)
+        try:
+            self.matching = choose(
+                self.options.engine,
+                self.engine.sequences,
+                self.options.max_attempts,
+                self.options.debug,
+            )
+        except EngineError as exc:
+            raise StartupError(str(exc)) from None
+        self.interfaces = Interfaces(
+            self.options.interfaces,
+            self.matching,
+            self._current_frames,
+            self.poller,
+            self.counters,
+            RingGeometry.of_size(self.options.ring_mib) if self.options.ring_mib else None,
+            self.options.refresh,
+            self.options.debug,
+        )
         self.interfaces.start()
 
-    def _choose_engine(self) -> tuple[KernelMatching | None, str]:
-        if self.options.engine == "python":
-            # The kernel engine's modules (and ctypes) stay out of a Python-only daemon.
-            return None, "engine: python (as asked)"
-        from tportknockd.kernel import adapter
-
+    def apply(self, sequences: list[LiveSequence], config: Config | None = None) -> None:
+        """Match `sequences` from now on, in the kernel filters, the matching and the engine
+        (which also switches to `config`, on a reload); or, when they do not fit (ValueError,
+        which says why), change nothing."""
+        previous = self.engine.sequences
+        self.matching.set_sequences(sequences)
         try:
-            return adapter.choose(
-                self.options.engine, self.engine.sequences, self.options.max_attempts
-            )
-        except adapter.KernelEngineError as exc:
-            raise StartupError(str(exc)) from None
-
-    def _refilter(self, frames: Iterable[Frame]) -> None:
-        """The live sequences changed (one-time windows, lists): every filter follows."""
-        if self.kernel is not None:
-            self.kernel.set_sequences(self.engine.sequences)
-        self.interfaces.refilter(frames)
+            self.interfaces.refilter(frames_of(sequences))  # all compiled before any attached
+        except ValueError:
+            self.matching.set_sequences(previous)
+            raise
+        if config is None:
+            self.engine.set_sequences(sequences)
+        else:
+            self.engine.reload(config, sequences)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -139,8 +139,8 @@ class Daemon:
         """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
         self.signals.install(HANDLED_SIGNALS)
         self.poller.register(self.signals.fileno(), select.POLLIN)
-        if self.kernel is not None:
-            self.poller.register(self.kernel.fileno(), select.POLLIN)
+        for fd in self.matching.fds():
+            self.poller.register(fd, select.POLLIN)
         self.doors.restore()
         # What start-up built lives as long as the daemon: keep it out of every later
         # collection, so collections stay short while floods churn through attempts. What
@@ -150,7 +150,7 @@ class Daemon:
         gc.freeze()
         notify_systemd("READY=1")
         # Said here, not when chosen: a start-up that fails says one thing, what went wrong.
-        log.info("%s", self._engine_line)
+        log.info("%s", self.matching.description)
         log.info(
             "ready: %d events, %d frames, on %s",
             len(self.config.events),
@@ -185,22 +185,21 @@ class Daemon:
             self._next_statistics = now + STATISTICS_INTERVAL
             self.interfaces.read_kernel_statistics()
         feed, perform, signals_fd = self.engine.feed, self.doors.perform, self.signals.fileno()
-        kernel_fd = self.kernel.fileno() if self.kernel is not None else -1
+        matching_fds = self.matching.fds()
         for fd, revents in self.poller.poll(self._poll_timeout_ms(now, deadline)):
             if fd == signals_fd:
                 self._handle_signals()
-            elif fd == kernel_fd:
+            elif fd in matching_fds:
                 self._on_completions()
             else:
                 self.interfaces.on_ready(fd, revents, feed, perform)
 
     def _on_completions(self) -> None:
-        """Carry out what the kernel engine's completed knocks call for: in one go for each
+        """Carry out what the knocks completed in the kernel call for: in one go for each
         run of completions on the same interface (one state file write, not one each)."""
-        assert self.kernel is not None
         batch: list[Action] = []
         batch_index = None
-        for actions, ifindex in self.kernel.completed(self.engine, time.monotonic()):
+        for actions, ifindex in self.matching.completions(self.engine, time.monotonic()):
             if batch and ifindex != batch_index:
                 self.doors.perform(batch, self.interfaces.name_of(batch_index or 0))
                 batch = []
@@ -239,18 +238,13 @@ class Daemon:
         schedule = Schedule(config)
         live = schedule.live(time.time())
         try:
-            if self.kernel is not None:
-                self.kernel.set_sequences(live)  # changes nothing when they do not fit
-            self.interfaces.refilter(frames_of(live))
+            self.apply(live, config)
         except ValueError as exc:
-            if self.kernel is not None:
-                self.kernel.set_sequences(self.engine.sequences)
             log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
             return
         for warning in config.warnings:
             log.warning("%s", warning)
         self.config = config
-        self.engine.reload(config, live)
         self.sequencer.adopt(schedule)
         log.info("configuration reloaded: %d events", len(config.events))
 
@@ -261,9 +255,8 @@ class Daemon:
             len(self.engine.open_doors()),
             self.interfaces.open_resyncs(),
         )
-        if self.kernel is not None:
-            summary += " " + self.kernel.summary()
-        log.info("statistics: %s", summary)
+        matching = self.matching.summary()
+        log.info("statistics: %s", f"{summary} {matching}" if matching else summary)
 
     # -- the end --------------------------------------------------------------------------
 
@@ -274,7 +267,6 @@ class Daemon:
             log.error("some commands were still running at exit")
         self.log_statistics()
         self.interfaces.close()
-        if self.kernel is not None:
-            self.kernel.close()
+        self.matching.close()
         log.info("stopped")
         return 0

@@ -3,8 +3,8 @@
 The engine matches whatever sequences it is given (sequences.py says which are live at a
 time). The sequencer does the I/O around that: it reads the wall clock when the one-time
 windows move, comments out a used list line and reads the list's next one, then gives the
-engine the new sequences and has the kernel filters recompiled (`refilter`), so that packets to
-sequences no longer live never reach Python.
+daemon the new sequences to `apply` everywhere (the engine, the matching, the kernel
+filters), so that packets to sequences no longer live never reach Python.
 """
 
 from __future__ import annotations
@@ -21,19 +21,21 @@ from tportknockd.onetime.lists import ListError, mark_used, read_list
 
 log = logging.getLogger("tportknockd")
 
-Refilter = Callable[[Iterable[Frame]], None]
+#: Puts new live sequences in place everywhere, or raises ValueError changing nothing.
+Apply = Callable[[list[LiveSequence]], None]
 
 
 class Sequencer:
     def __init__(self, engine: Engine, config: Config) -> None:
         self.engine = engine
         self.schedule = Schedule(config)
-        self._refilter: Refilter | None = None
+        self._apply_everywhere: Apply | None = None
         self._next_move: float | None = None  # monotonic time of the next window move
 
-    def start(self, refilter: Refilter) -> None:
-        """Put the sequences live now in place; later changes go through `refilter`."""
-        self._refilter = refilter
+    def start(self, apply: Apply) -> None:
+        """Give the engine the sequences live now (before any filter or matching exists);
+        later changes go through `apply`."""
+        self._apply_everywhere = apply
         self.engine.set_sequences(self._live_now())
         self._check_lists_writable()
 
@@ -71,16 +73,17 @@ class Sequencer:
         return self.schedule.live(wall)
 
     def _apply(self, sequences: list[LiveSequence], why: str) -> None:
-        self.engine.set_sequences(sequences)
-        frames = self.frames()
-        log.debug("%s: %d sequences, %d frames live", why, len(sequences), len(frames))
-        if self._refilter is None:
+        if self._apply_everywhere is None:
+            self.engine.set_sequences(sequences)
             return
         try:
-            self._refilter(frames)
+            self._apply_everywhere(sequences)
         except ValueError as exc:
-            # Keep matching in Python: the old filter may now drop packets of live sequences.
-            log.error("kernel filter for the live sequences: %s", exc)
+            # A used one-time sequence that stays live is refused as a replay
+            # (matching/doors.py): keeping the old sequences opens nothing twice.
+            log.error("%s: the new sequences do not fit (%s); keeping the old ones", why, exc)
+            return
+        log.debug("%s: %d sequences, %d frames live", why, len(sequences), len(self.frames()))
 
     # -- one-time lists -------------------------------------------------------------------
 

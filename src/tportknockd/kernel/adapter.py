@@ -1,58 +1,87 @@
-"""Matching in the kernel, for the daemon: choosing the engine, keeping the eBPF matcher in step
-with the live sequences and the listened addresses, and turning its completions into the
-engine's actions.
+"""The kernel engine behind the daemon's matching interface (daemon/matching.py `Matching`).
 
-With the kernel engine, the program of kernel_program.py is attached to every capture socket
-of a link with an Ethernet header, in place of the classic filter. It keeps the attempts in
-BPF maps and returns 0 for every packet, so the rings stay empty; only a completed sequence
-reaches user space, through a ring buffer. Firing, doors, stops, burning and the state file
-stay with the Python engine (`Engine.complete`). Links without an Ethernet header (tun,
-WireGuard) keep the classic filter and Python matching.
+The program of kernel/program.py goes on every capture socket of a link with an Ethernet
+header, in place of the classic filter. It keeps the attempts in BPF maps and returns 0 for
+every packet, so the rings stay empty; only a completed sequence reaches user space, through a
+ring buffer. Firing, doors, stops, burning and the state file stay with the engine
+(`Engine.complete`). Links without an Ethernet header (tun, WireGuard) keep the classic filter
+and Python matching.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Collection, Iterable, Sequence
 from typing import cast
 
-from tportknockd.bpf import syscalls
-from tportknockd.kernel.matcher import Capacity, KernelMatcher, KnockSequence, capacity_for, explain
+from tportknockd.bpf import classic
+from tportknockd.capture.knock_filter import classic_filter
+from tportknockd.capture.listener import Listener
+from tportknockd.capture.ring import RingGeometry
+from tportknockd.kernel.matcher import (
+    Capacity,
+    KernelMatcher,
+    KnockSequence,
+    capacity_for,
+    explain,
+)
 from tportknockd.matching.engine import Action, Engine, advanced_limit
 from tportknockd.matching.sequences import LiveSequence, SequenceKey
+from tportknockd.model import Frame, is_link_local
+
+__all__ = ["KernelMatching", "explain", "load"]
+
+log = logging.getLogger("tportknockd")
 
 
-class KernelEngineError(Exception):
-    """`--engine kernel` was asked for and the kernel engine cannot run: one line for people."""
-
-
-@dataclass
 class KernelMatching:
-    """The loaded matcher (kernel_engine.KernelMatcher) and what the daemon asks of it."""
+    """The loaded matcher (kernel/matcher.py) and what the daemon asks of it."""
 
-    matcher: KernelMatcher
-
-    @property
-    def program(self) -> syscalls.Program:
-        """What to attach to a capture socket (`.attach(sock)`)."""
-        return self.matcher.program
-
-    def fileno(self) -> int:
-        return self.matcher.fileno()
-
-    def set_sequences(self, sequences: Sequence[LiveSequence]) -> None:
-        """Match these sequences from now on (map updates; attempts of those that stay are
-        kept). CapacityError (a ValueError) when they do not fit the loaded program."""
-        self.matcher.set_sequences(
-            [KnockSequence(seq.key, seq.frames, seq.event.timeout) for seq in sequences]
+    def __init__(self, matcher: KernelMatcher, debug: bool = False) -> None:
+        self.matcher = matcher
+        self.debug = debug
+        capacity = matcher.capacity
+        self.description = (
+            f"engine: kernel (eBPF socket filter, {matcher.instructions} instructions; "
+            f"attempts in BPF maps: {capacity.fresh_slots} fresh, "
+            f"{capacity.advanced_attempts} advanced, about "
+            f"{capacity.map_bytes() / (1 << 20):.1f} MiB of kernel memory)"
         )
 
-    def set_local_addresses(self, addresses: Iterable[str]) -> None:
-        self.matcher.set_local_addresses(addresses)
+    def set_sequences(self, sequences: Sequence[LiveSequence]) -> None:
+        """Map updates; attempts of the sequences that stay are kept. CapacityError (a
+        ValueError) when they do not fit the loaded program, before anything changes."""
+        self.matcher.set_sequences(_knock_sequences(sequences))
 
-    def completed(self, engine: Engine, now: float) -> list[tuple[list[Action], int]]:
-        """What the completions waiting in the ring buffer make the engine do, each with the
-        index of the interface the completing frame came in on."""
+    def set_local_addresses(self, links: Iterable[Listener]) -> None:
+        """One map for every socket the program is on: each destination that counts on some
+        Ethernet link, a link-local one with the index of its own interface (`fe80::1%5`)."""
+        wanted: set[str] = set()
+        for link in links:
+            if not link.raw_ip:
+                wanted.update(
+                    f"{a}%{link.index}" if is_link_local(a) else a for a in link.accepted
+                )
+        try:
+            self.matcher.set_local_addresses(wanted)
+        except ValueError as exc:
+            log.error("kernel engine: %s; keeping its old addresses", exc)
+
+    def program_for(
+        self, accepted: Collection[str], raw_ip: bool, frames: Iterable[Frame]
+    ) -> classic.Program:
+        if raw_ip:  # the program reads an Ethernet header
+            return classic_filter(frames, accepted, raw_ip, self.debug)
+        return self.matcher.program
+
+    def ring_for(self, raw_ip: bool) -> RingGeometry:
+        # Where the program is attached, the ring waits only for the rare packets it passes.
+        return RingGeometry() if raw_ip else RingGeometry.for_kernel_engine()
+
+    def fds(self) -> tuple[int, ...]:
+        return (self.matcher.fileno(),)
+
+    def completions(self, engine: Engine, now: float) -> list[tuple[list[Action], int]]:
         done = []
         for completion in self.matcher.completions():
             # The ids are the LiveSequence keys set_sequences gave the matcher.
@@ -61,7 +90,6 @@ class KernelMatching:
         return done
 
     def summary(self) -> str:
-        """`name=value` pairs for the statistics line."""
         stats = self.matcher.statistics()
         attempts = self.matcher.attempts(stats)
         return (
@@ -78,45 +106,31 @@ class KernelMatching:
         self.matcher.close()
 
 
-def choose(
-    mode: str, sequences: Sequence[LiveSequence], max_attempts: int
-) -> tuple[KernelMatching | None, str]:
-    """The kernel engine when `mode` asks for it and the kernel allows it (None: Python),
-    and the line that says which engine runs and, after a fall-back, why.
-
-    `auto` falls back to Python; `kernel` raises KernelEngineError instead.
-    """
-    if mode == "python":
-        return None, "engine: python (as asked)"
-    try:
-        matching = _load(sequences, max_attempts)
-    except Exception as exc:  # every reason the kernel gives is reported, none is fatal here
-        reason = explain(exc)
-        if mode == "kernel":
-            raise KernelEngineError(f"the kernel engine cannot run: {reason}") from None
-        return None, f"engine: python (the kernel engine cannot run: {reason})"
-    matcher = matching.matcher
-    capacity = matcher.capacity
-    line = (
-        f"engine: kernel (eBPF socket filter, {matcher.instructions} instructions; attempts "
-        f"in BPF maps: {capacity.fresh_slots} fresh, {capacity.advanced_attempts} "
-        f"advanced, about {capacity.map_bytes() / (1 << 20):.1f} MiB of kernel memory)"
-    )
-    return matching, line
-
-
-def _load(sequences: Sequence[LiveSequence], max_attempts: int) -> KernelMatching:
-    base = Capacity(
-        fresh_attempts=max_attempts,
-        advanced_attempts=advanced_limit(max_attempts),
-    )
-    knock_sequences = [KnockSequence(s.key, s.frames, s.event.timeout) for s in sequences]
+def load(
+    sequences: Sequence[LiveSequence], max_attempts: int, debug: bool = False
+) -> KernelMatching:
+    """Load the program and its maps for `sequences`; the kernel's errors go through
+    (`explain` turns them into a sentence)."""
+    base = Capacity(fresh_attempts=max_attempts, advanced_attempts=advanced_limit(max_attempts))
+    knock_sequences = _knock_sequences(sequences)
     # capacity_for leaves room for what a reload or the one-time windows may bring.
     matcher = KernelMatcher(capacity_for(knock_sequences, base))
-    matching = KernelMatching(matcher)
     try:
-        matching.set_sequences(sequences)
+        matcher.set_sequences(knock_sequences)
     except BaseException:
         matcher.close()
         raise
-    return matching
+    if debug:
+        # Only -d needs the disassembler: it stays out of the daemon's memory otherwise.
+        from tportknockd.bpf.disassembler import disassemble_ebpf
+
+        log.debug(
+            "kernel engine program (%d instructions):\n%s",
+            matcher.instructions,
+            disassemble_ebpf(matcher.code),
+        )
+    return KernelMatching(matcher, debug)
+
+
+def _knock_sequences(sequences: Sequence[LiveSequence]) -> list[KnockSequence]:
+    return [KnockSequence(seq.key, seq.frames, seq.event.timeout) for seq in sequences]
