@@ -35,7 +35,6 @@ from scapy.packet import Raw
 import bpfvm
 from netns import SERVER_V4, SERVER_V6, Pair, is_root, veth_pair
 from tportknockd.bpf import classic
-from tportknockd.bpf.disassembler import disassemble
 from tportknockd.capture import knock_filter
 from tportknockd.model import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, Frame
 
@@ -427,7 +426,7 @@ def test_too_big_a_config_is_refused() -> None:
         knock_filter.compile_filter(frames, [SERVER_V4])
 
 
-# -- pack, disassemble -----------------------------------------------------------------------
+# -- pack ------------------------------------------------------------------------------------
 
 
 def test_pack_layout() -> None:
@@ -445,47 +444,6 @@ def test_pack_layout() -> None:
 def test_pack_refuses_what_does_not_fit(insn: classic.Insn) -> None:
     with pytest.raises(ValueError, match="instruction 1"):
         classic.pack([(0x06, 0, 0, 0), insn])
-
-
-def test_disassemble() -> None:
-    program = compiled([Frame(TCP_, 7000, SYN)], [SERVER_V4])
-    text = disassemble(program)
-    lines = text.splitlines()
-    assert len(lines) == len(program)
-    assert lines[0] == "(000) ldh      [12]"
-    assert lines[1] == "(001) jeq      #0x8100          jt 2\tjf 4"
-    assert "ldxb     4*([14]&0xf)" in text
-    assert "ldh      [x + 16]" in text
-    assert "ldb      [x + 27]" in text
-    assert lines[-1].endswith("ret      #0") or lines[-1].endswith("ret      #512")
-    assert f"ret      #{knock_filter.SNAPLEN}" in text
-    for index, line in enumerate(lines):
-        assert line.startswith(f"({index:03d}) ")
-
-
-def test_disassemble_other_instructions() -> None:
-    program = [
-        (0x07, 0, 0, 0),  # tax
-        (0x87, 0, 0, 0),  # txa
-        (0x04, 0, 0, 4),  # add #4
-        (0x54, 0, 0, 0xF),  # and #0xf
-        (0x02, 0, 0, 3),  # st M[3]
-        (0x60, 0, 0, 3),  # ld M[3]
-        (0x05, 0, 0, 1),  # ja
-        (0x80, 0, 0, 0),  # ld #pktlen
-        (0x16, 0, 0, 0),  # ret a
-    ]
-    assert disassemble(program).splitlines() == [
-        "(000) tax",
-        "(001) txa",
-        "(002) add      #4",
-        "(003) and      #0xf",
-        "(004) st       M[3]",
-        "(005) ld       M[3]",
-        "(006) ja       8",
-        "(007) ld       #pktlen",
-        "(008) ret      a",
-    ]
 
 
 # -- the kernel accepts what is compiled (no packets: a UDP socket that is never bound) --------

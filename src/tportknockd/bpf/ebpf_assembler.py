@@ -39,6 +39,27 @@ class Reg(IntEnum):
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = Reg
 FP = R10
 
+
+class Helper(IntEnum):
+    """Helper functions by number (include/uapi/linux/bpf.h): the ones our programs call, and a
+    few more that a listing may meet."""
+
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
+    KTIME_GET_NS = 5
+    TRACE_PRINTK = 6
+    GET_PRANDOM_U32 = 7
+    GET_SMP_PROCESSOR_ID = 8
+    SKB_LOAD_BYTES = 26
+    SKB_LOAD_BYTES_RELATIVE = 68
+    KTIME_GET_BOOT_NS = 125
+    RINGBUF_OUTPUT = 130
+    RINGBUF_RESERVE = 131
+    RINGBUF_SUBMIT = 132
+    RINGBUF_DISCARD = 133
+    KTIME_GET_COARSE_NS = 160
+
 # Classes.
 BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = range(8)
 # Sizes.

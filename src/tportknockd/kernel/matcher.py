@@ -192,6 +192,7 @@ class KernelMatcher:
         except BaseException:
             self.close()
             raise
+        self.code: bytes = code  # what was loaded, for a listing (-d)
         self.instructions = len(code) // 8
         self._numbers: dict[tuple[Hashable, tuple[Frame, ...], float], int] = {}
         self._ids: dict[int, Hashable] = {}
