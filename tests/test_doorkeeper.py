@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tportknockd.capture.statistics import Counters
 from tportknockd.daemon import state
 from tportknockd.daemon.doorkeeper import Doorkeeper
-from tportknockd.daemon.statistics import Counters
 from tportknockd.matching.engine import Engine, RunStop
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
 

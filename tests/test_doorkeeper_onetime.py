@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tportknockd.capture.statistics import Counters
 from tportknockd.daemon import state
 from tportknockd.daemon.doorkeeper import Doorkeeper
-from tportknockd.daemon.statistics import Counters
 from tportknockd.frame_syntax import format_frame, parse_kind
 from tportknockd.matching.engine import Engine, ListLineUsed
 from tportknockd.matching.sequences import Schedule

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import pytest
 
 import bpfvm
-from tportknockd.capture import netif
 from tportknockd.bpf.classic import Insn
+from tportknockd.capture import netif
 from tportknockd.capture.interfaces import Interfaces, StartupError, own_addresses
 from tportknockd.capture.ring import RingGeometry, Stats
 from tportknockd.capture.selection import Selection
+from tportknockd.capture.statistics import Counters
 from tportknockd.daemon.matching import Matching, PythonMatching
-from tportknockd.daemon.statistics import Counters
 from tportknockd.kernel.adapter import KernelMatching
 from tportknockd.kernel.matcher import Capacity
 from tportknockd.model import PROTO_UDP, Frame, Packet, is_link_local

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable
+
 from tportknockd.capture.ring import RingGeometry
 from tportknockd.kernel.adapter import KernelMatching
 from tportknockd.kernel.matcher import Attempts, Capacity, Completion, KernelStats, KnockSequence

@@ -9,7 +9,7 @@ import pytest
 from test_capture import PACKET_HOST, fill_block, ring_capture, udp_frame
 from tportknockd.capture import netif
 from tportknockd.capture.listener import EMPTY_WAKEUPS_BEFORE_CHECK, Listener
-from tportknockd.daemon.statistics import Counters
+from tportknockd.capture.statistics import Counters
 from tportknockd.matching.engine import Action, RunStart
 from tportknockd.model import Packet, address_text
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tportknockd.capture.ring import Stats
-from tportknockd.daemon.statistics import Counters
+from tportknockd.capture.statistics import Counters
 
 
 def test_summary_names_every_counter() -> None:

@@ -24,22 +24,37 @@ import select
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tportknockd.bpf import classic
 from tportknockd.capture import netif
 from tportknockd.capture.listener import Feed, Listener, Perform
 from tportknockd.capture.ring import RingGeometry
 from tportknockd.capture.selection import Selection
-from tportknockd.daemon.statistics import Counters
+from tportknockd.capture.statistics import Counters
 from tportknockd.model import Frame, address_bytes, is_link_local, is_loopback
-
-if TYPE_CHECKING:  # the interface only: capture sits below the daemon that chooses it
-    from tportknockd.daemon.matching import Matching
 
 log = logging.getLogger("tportknockd")
 
 LINK_CHECK = 1.0  # seconds between checks while an interface is down or missing
+
+
+class Filters(Protocol):
+    """What gives each capture its filter: the part of the daemon's `Matching`
+    (daemon/matching.py) that captures need."""
+
+    def program_for(
+        self, accepted: Collection[str], raw_ip: bool, frames: Iterable[Frame]
+    ) -> classic.Program:
+        """The socket filter of a capture on a link with an Ethernet header or (`raw_ip`)
+        without, whose packets count when sent to `accepted`. ValueError when it cannot be
+        built (a classic program longer than the kernel allows)."""
+
+    def ring_for(self, raw_ip: bool) -> RingGeometry:
+        """The ring a capture needs on such a link when --ring-size does not say."""
+
+    def set_local_addresses(self, links: Iterable[Listener]) -> None:
+        """The destinations that count on each listened interface with an open capture."""
 
 
 class StartupError(Exception):
@@ -50,7 +65,7 @@ class Interfaces:
     def __init__(
         self,
         selection: Selection,
-        matching: Matching,
+        matching: Filters,
         frames: Callable[[], Iterable[Frame]],
         poller: select.poll,
         counters: Counters,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from tportknockd.bpf import classic
 from tportknockd.capture import netif
 from tportknockd.capture.ring import Capture, RingGeometry
-from tportknockd.daemon.statistics import Counters
+from tportknockd.capture.statistics import Counters
 from tportknockd.matching.engine import Action
 from tportknockd.model import PROTOCOL_NAMES, Packet, address_bytes, address_text, describe_flags
 

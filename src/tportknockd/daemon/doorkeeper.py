@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
+from tportknockd.capture.statistics import Counters
 from tportknockd.daemon import state
-from tportknockd.daemon.statistics import Counters
 from tportknockd.frame_syntax import format_frame, parse_frame
 from tportknockd.matching.engine import (
     Action,

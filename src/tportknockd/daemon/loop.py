@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from tportknockd.capture.interfaces import Interfaces, StartupError
 from tportknockd.capture.ring import RingGeometry
 from tportknockd.capture.selection import Selection
+from tportknockd.capture.statistics import Counters
 from tportknockd.config import ConfigError, load_config
 from tportknockd.daemon import state
 from tportknockd.daemon.commands import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
@@ -32,7 +33,6 @@ from tportknockd.daemon.doorkeeper import Doorkeeper
 from tportknockd.daemon.matching import ENGINES, EngineError, Matching, choose
 from tportknockd.daemon.sequencer import Sequencer, frames_of
 from tportknockd.daemon.signals import SignalInbox
-from tportknockd.daemon.statistics import Counters
 from tportknockd.daemon.systemd import notify_systemd
 from tportknockd.matching.engine import DEFAULT_MAX_ATTEMPTS, Action, Engine
 from tportknockd.matching.sequences import LiveSequence, Schedule

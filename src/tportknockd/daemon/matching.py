@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from tportknockd.bpf import classic
+from tportknockd.capture.interfaces import Filters
 from tportknockd.capture.knock_filter import classic_filter
 from tportknockd.capture.listener import Listener
 from tportknockd.capture.ring import RingGeometry
@@ -34,25 +35,12 @@ class EngineError(Exception):
     """`--engine kernel` was asked for and the kernel engine cannot run: one line for people."""
 
 
-class Matching(Protocol):
+class Matching(Filters, Protocol):
     #: The line the daemon logs when it is ready: which engine runs, and why.
     description: str
 
     def set_sequences(self, sequences: Sequence[LiveSequence]) -> None:
         """Match `sequences` from now on. ValueError, changing nothing, when they do not fit."""
-
-    def set_local_addresses(self, links: Iterable[Listener]) -> None:
-        """The destinations that count, per listened interface."""
-
-    def program_for(
-        self, accepted: Collection[str], raw_ip: bool, frames: Iterable[Frame]
-    ) -> classic.Program:
-        """The socket filter of a capture on a link with an Ethernet header or (`raw_ip`)
-        without, whose packets count when sent to `accepted`. ValueError when it cannot be
-        built (a classic program longer than the kernel allows)."""
-
-    def ring_for(self, raw_ip: bool) -> RingGeometry:
-        """The ring a capture needs on such a link when --ring-size does not say."""
 
     def fds(self) -> tuple[int, ...]:
         """Descriptors to poll; readable means `completions` has something."""

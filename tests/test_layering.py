@@ -1,0 +1,120 @@
+"""The package's layers: each part imports only the parts below it (test_startup_imports.py
+checks what the daemon's start-up loads; this checks what every module may import at all).
+
+A part is a subpackage (bpf, capture, ...) or a top-level module. Imports inside a function
+and under TYPE_CHECKING count too: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tportknockd"
+
+#: What each part may import of the package, besides itself. The pure core (model, frame
+#: syntax, onetime, matching) is at the bottom, the command line at the top.
+ALLOWED: dict[str, set[str]] = {
+    "model": set(),
+    "frame_syntax": {"model"},
+    "bpf": set(),
+    "onetime": {"model", "frame_syntax"},
+    "matching": {"model", "frame_syntax", "onetime"},
+    "config": {"model", "frame_syntax", "onetime"},
+    "capture": {"model", "bpf", "matching"},
+    "kernel": {"model", "bpf", "capture", "matching"},
+    "daemon": {"model", "frame_syntax", "bpf", "onetime", "matching", "config", "capture",
+               "kernel"},
+    "cli": {"model", "capture", "matching", "config", "daemon"},
+    "client": {"model", "frame_syntax", "onetime", "config"},
+    "__init__": set(),
+    "__main__": {"cli"},
+}  # fmt: skip
+
+#: Modules that Windows lacks (fcntl, termios, pwd, grp, resource), and ctypes, which the
+#: daemon uses only to call into libc.
+LINUX_ONLY = {"fcntl", "ctypes", "termios", "pwd", "grp", "resource"}
+
+
+def part_of(module: str) -> str:
+    """`tportknockd.capture.ring` → `capture`; `tportknockd.cli` → `cli`."""
+    return module.split(".")[1] if module.count(".") >= 1 else "__init__"
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
+    return ".".join(parts) if len(parts) > 1 else "tportknockd.__init__"
+
+
+def imported_parts(path: Path) -> set[str]:
+    """The package's parts that `path` imports, by any import statement anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "tportknockd":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("tportknockd."):
+                found.add(part_of(node.module))
+        elif isinstance(node, ast.Import):
+            found.update(
+                part_of(alias.name) for alias in node.names
+                if alias.name.startswith("tportknockd.")
+            )  # fmt: skip
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_part_has_its_rule() -> None:
+    parts = {part_of(module_name(path)) for path in MODULES}
+    assert parts == set(ALLOWED), parts ^ set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_only_from_below(path: Path) -> None:
+    own = part_of(module_name(path))
+    upward = imported_parts(path) - ALLOWED[own] - {own, "__version__"}
+    assert not upward, f"{path.relative_to(PACKAGE)} ({own}) imports {sorted(upward)}"
+
+
+def test_the_rules_have_no_cycle() -> None:
+    """Below means below: no part may reach itself through the others."""
+    for start in ALLOWED:
+        seen: set[str] = set()
+        stack = list(ALLOWED[start])
+        while stack:
+            part = stack.pop()
+            assert part != start, f"{start} can reach itself"
+            if part not in seen:
+                seen.add(part)
+                stack.extend(ALLOWED[part])
+
+
+def test_a_module_that_imports_upward_is_caught(tmp_path: Path) -> None:
+    module = tmp_path / "engine.py"
+    module.write_text("def f():\n    from tportknockd.daemon import loop\n")
+    assert imported_parts(module) == {"daemon"}
+
+
+def test_the_client_loads_nothing_linux_only() -> None:
+    """The knock client runs on any system: what importing it loads, in a fresh interpreter."""
+    code = "import sys, tportknockd.client; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={"PYTHONPATH": str(PACKAGE.parent)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
+    assert "tportknockd.client" in loaded
+    assert not loaded & LINUX_ONLY, sorted(loaded & LINUX_ONLY)
+    own = {part_of(name) for name in loaded if name.startswith("tportknockd.")}
+    assert own <= ALLOWED["client"] | {"client"}, sorted(own)
