@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 
+import pytest
+
+from privileges import BPF, require_root
 from tportknockd.capture.ring import RingGeometry
-from tportknockd.kernel.adapter import KernelMatching
+from tportknockd.kernel.adapter import KernelMatching, load
 from tportknockd.kernel.matcher import Attempts, Capacity, Completion, KernelStats, KnockSequence
 from tportknockd.matching.engine import Engine
 from tportknockd.matching.outcomes import RunStart
+from tportknockd.matching.sequences import static_sequences
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, address_bytes
 
 FRAMES = (Frame(PROTO_UDP, 7000, None), Frame(PROTO_UDP, 8000, None))
@@ -85,3 +89,21 @@ def test_statistics_line() -> None:
         "kernel_seen=10 kernel_knocks=4 kernel_completed=1 kernel_lost=0 kernel_passed=0 "
         "kernel_attempts_fresh=2"
     )
+
+
+def test_debug_logs_the_loaded_programs_listing(caplog: pytest.LogCaptureFixture) -> None:
+    """-d shows the eBPF program as it shows the classic filter: one line per instruction."""
+    require_root(BPF)
+    caplog.set_level("DEBUG")
+    matching = load(static_sequences(Config("t.conf", (EVENT,))), 1000, debug=True)
+    try:
+        [record] = [r for r in caplog.records if "kernel engine program" in r.getMessage()]
+        head, *listing = record.getMessage().splitlines()
+        instructions = matching.matcher.instructions
+        assert head == f"kernel engine program ({instructions} instructions):"
+        assert listing[-1].endswith("exit")
+        slots = [int(line[1:5]) for line in listing]  # a 64-bit load takes two
+        assert slots[0] == 0 and slots[-1] == instructions - 1
+        assert {after - before for before, after in zip(slots, slots[1:])} == {1, 2}
+    finally:
+        matching.close()
