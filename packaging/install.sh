@@ -93,8 +93,11 @@ install_files() {
         gzip -9 -n -c "$top/man/$page" > "$d$MANDIR/man$section/$page.gz"
         chmod 0644 "$d$MANDIR/man$section/$page.gz"
     done
-    install -d "$d$DOCDIR/examples"
+    install -d "$d$DOCDIR/examples" "$d$DOCDIR/docs"
     install -m 0644 "$top/README.md" "$d$DOCDIR/"
+    # The README links into docs/ and the man pages point at docs/otp-v1.md and
+    # docs/failing-closed.md: they go where those links lead.
+    install -m 0644 "$top"/docs/*.md "$d$DOCDIR/docs/"
     for example in $EXAMPLES; do
         install -m 0644 "$top/$example" "$d$DOCDIR/examples/"
     done

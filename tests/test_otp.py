@@ -54,7 +54,7 @@ def test_vector_six_frames_five_kinds() -> None:
     )
 
 
-# An independent reading of the spec text, written from the README's wording: strings of
+# An independent reading of the spec text, written from docs/otp-v1.md's wording: strings of
 # kinds and ports, no shared helpers.
 def reference(
     key: bytes, name: str, w: int, length: int, kinds: list[str], low: int, high: int

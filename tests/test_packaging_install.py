@@ -28,6 +28,7 @@ PACKAGED = {
     "/usr/share/man/man5/tportknockd.conf.5.gz",
     "/usr/share/man/man1/tportknock.1.gz",
     "/usr/share/doc/tportknockd/README.md",
+    *(f"/usr/share/doc/tportknockd/docs/{doc.name}" for doc in (REPO / "docs").glob("*.md")),
     "/usr/share/doc/tportknockd/examples/knock.conf",
     "/usr/share/doc/tportknockd/examples/knock.nft",
     "/usr/share/doc/tportknockd/examples/door-nft",

@@ -14,7 +14,7 @@ from packaging_helpers import (
     FULL_ROOT_DROPIN,
     REPO,
     UNIT,
-    readme_section,
+    markdown_section,
     require_tool,
     stage_install,
     unit_capabilities,
@@ -85,10 +85,11 @@ def test_full_root_dropin_undoes_every_restriction(tmp_path: Path) -> None:
     assert figure > 9
 
 
-def test_readme_shows_the_dropin_as_shipped() -> None:
+def test_docs_show_the_dropin_as_shipped() -> None:
     settings = "\n".join(line for line in FULL_ROOT_DROPIN.read_text().splitlines()
                          if not line.startswith("#"))
-    assert settings in readme_section("Running under systemd")
+    assert settings in markdown_section(REPO / "docs" / "failing-closed.md",
+                                        "Running under systemd")
 
 
 def test_defaults_file_sets_what_execstart_uses() -> None:

@@ -150,23 +150,23 @@ def options_in(text: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)", text))
 
 
-# --- markdown (the README) -------------------------------------------------------------------
+# --- markdown (the README and docs/) ---------------------------------------------------------
+
+
+def markdown_section(path: Path, heading: str) -> str:
+    """The body of a section of a markdown file, up to the next heading of level 1 or 2."""
+    text = path.read_text()
+    match = re.search(rf"^(#+) {re.escape(heading)}\n(.*?)(?=^#{{1,2}} |\Z)", text, re.M | re.S)
+    assert match, f"{path.relative_to(REPO)} has no section {heading!r}"
+    return match.group(2)
 
 
 def readme_section(heading: str) -> str:
-    text = (REPO / "README.md").read_text()
-    match = re.search(rf"^(#+) {re.escape(heading)}\n(.*?)(?=^#{{1,2}} )", text, re.M | re.S)
-    assert match, f"README has no section {heading!r}"
-    return match.group(2)
+    return markdown_section(REPO / "README.md", heading)
 
 
 def code_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```[a-z]*\n(.*?)^```", markdown, re.M | re.S)
-
-
-def numbered_items(markdown: str) -> list[str]:
-    items = re.findall(r"^\d+\. (.*?)(?=^\d+\. |^\S|\Z)", markdown + "\n", re.M | re.S)
-    return [" ".join(item.split()) for item in items]
 
 
 # --- the systemd unit ------------------------------------------------------------------------

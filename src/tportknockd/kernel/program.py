@@ -1,13 +1,15 @@
 """The knock matcher as an eBPF socket filter, and the layout of the maps it shares with us.
 
-The program implements engine.py's matching rules for every packet the capture socket sees,
-so that only completed sequences reach user space. It is generated once per set of maps; the
-sequences, their frames and the local addresses live in maps, so a new config, a new one-time
-window or a changed address is a map update, never a new program.
+The program implements rules 1 to 5 of tportknockd.conf(5) (the matching rules; the Python
+engine, matching/engine.py, is their reference implementation) for every packet the capture
+socket sees, so that only completed sequences reach user space. It is generated once per set
+of maps; the sequences, their frames and the local addresses live in maps, so a new config, a
+new one-time window or a changed address is a map update, never a new program.
 
 Per packet:
 
-1. Only packets addressed to this host (pkt_type PACKET_HOST) count, as in capture.py.
+1. Only packets addressed to this host (pkt_type PACKET_HOST) count, as in capture/ring.py
+   (rule 2 of tportknockd.conf(5)).
 2. Parse exactly as today's pipeline does (the classic filter of filter.py, then packet.py):
    Ethernet with at most one 802.1Q tag in the data; IPv4 (version 4, IHL >= 5, total length
    >= header length, no fragment offset); IPv6 walking at most ten hop-by-hop, routing,
@@ -17,10 +19,10 @@ Per packet:
 3. Look the (protocol, destination port, flag byte) up in the *frame table*: for every
    sequence that has such a frame, its number, frame mask (bit k: frame k), length and
    timeout; a miss ends the program. Then the destination must be in the *local address* map.
-4. For each sequence of the entry, in order, the rules of engine.py for the attempt of
-   (source, sequence): expired → gone; next frame → advance (the last one completes); the
-   frame just matched → retransmission, ignored; any other frame → broken, and frame 0
-   restarts.
+4. For each sequence of the entry, in order, rules 3 and 4 of tportknockd.conf(5) for the
+   attempt of (source, sequence): expired → gone; next frame → advance (the last one
+   completes); the frame just matched → retransmission, ignored; any other frame → broken,
+   and frame 0 restarts.
 5. A completion is written to the ring buffer as (family, sequence number, source address).
 
 Time is the kernel's coarse monotonic clock (bpf_ktime_get_coarse_ns, Linux 5.11+: CLOCK_MONOTONIC

@@ -6,35 +6,20 @@ The daemon feeds it packets with the time it saw them, asks it when it next need
 
 Matching rules
 --------------
-* A packet matches a frame when protocol and destination port are equal and, for TCP, the
-  packet's whole flag byte equals the frame's flags. All eight bits count: the letters name
-  FIN SYN RST PSH ACK URG, so ECE and CWR must be clear. Only a frame with `i` accepts any
-  flags.
-* Only packets addressed to an address of a listened interface are fed in (the daemon and
-  the kernel filter see to that), never outgoing ones, whichever listened interface they
-  came in on.
-* State is kept per event and per source address (an *attempt*). A packet that matches frame 0
-  of an event starts an attempt for its source; the whole sequence must then arrive within the
-  event's `timeout` seconds of that first frame.
-* For a source with an attempt in progress, in this order:
-  1. a packet matching the next frame advances the attempt; completing the last frame fires
-     the event;
-  2. otherwise a packet matching the frame just matched is a retransmission and is ignored;
-  3. otherwise a packet matching any other frame of the event breaks the attempt, and starts a
-     new one if it matches frame 0.
-  Packets that match no frame of the event are ignored.
-* Events are independent: one packet can advance several events.
-* A one-time event (otp_secret, one_time_sequences) is matched through its live sequences
-  (sequences.py): the windows w-1, w and w+1, or the list's current line. Each is matched as
-  above, independently. A completed one-time sequence is *burned* (doors.py): it opens for the
-  first address only; the same address may complete it again while its door is open (the stop
-  is pushed back), any other completion is a `Replayed` and opens nothing.
-* A fired event yields `RunStart`. If the event has a stop_command, the door stays *open* until
-  `command_delay` seconds later, when `RunStop` is due. If the same source completes the same
-  event while its door is open, start_command is not run again; the stop is pushed back to
-  `command_delay` from now (`DoorExtended`), so firewall rules are never added twice.
-* `shutdown()` returns every pending stop at once, so that no door stays open when the daemon
-  ends.
+The rules are the numbered MATCHING RULES of tportknockd.conf(5), the one normative copy;
+this module is their reference implementation, and the kernel program is checked against it.
+Where each is carried out:
+* rule 1 (protocol, port and the whole flag byte) and rule 5 (events are independent): the
+  table of live frames that `feed` looks a packet up in;
+* rule 2 (which packets count): not here. The daemon and the kernel filter feed in only
+  packets addressed to a listened address, never outgoing ones;
+* rules 3 and 4 (attempts per event and source, `timeout`, advance, retransmission, break and
+  restart): `feed` and the attempt tables below;
+* rule 6 (start, stop after `command_delay`, a re-knock pushes the stop back): `RunStart`,
+  `RunStop` and `DoorExtended`, kept in doors.py, so firewall rules are never added twice;
+* rule 7 (every pending stop runs at exit): `shutdown()`;
+* rule 8 (one-time events): the live sequences of sequences.py, each matched on its own;
+  burning in doors.py, a completion by another address being a `Replayed`.
 
 Bounded state
 -------------
