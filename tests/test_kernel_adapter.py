@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Hashable
 
 import pytest
@@ -104,6 +105,6 @@ def test_debug_logs_the_loaded_programs_listing(caplog: pytest.LogCaptureFixture
         assert listing[-1].endswith("exit")
         slots = [int(line[1:5]) for line in listing]  # a 64-bit load takes two
         assert slots[0] == 0 and slots[-1] == instructions - 1
-        assert {after - before for before, after in zip(slots, slots[1:])} == {1, 2}
+        assert {after - before for before, after in itertools.pairwise(slots)} == {1, 2}
     finally:
         matching.close()

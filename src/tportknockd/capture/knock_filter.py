@@ -60,7 +60,6 @@ from tportknockd.bpf.classic import (
     Return,
     Target,
 )  # fmt: skip
-from tportknockd.bpf.disassembler import disassemble
 from tportknockd.capture.packet import ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from tportknockd.model import PROTO_TCP, Frame, address_bytes
 
@@ -290,5 +289,8 @@ def classic_filter(
     """`compile_filter`, and with -d its listing in the log."""
     program = compile_filter(frames, local_addrs, raw_ip)
     if debug:
+        # Only -d needs the disassembler: it stays out of the daemon's memory otherwise.
+        from tportknockd.bpf.disassembler import disassemble
+
         log.debug("kernel filter (%d instructions):\n%s", len(program), disassemble(program))
     return program
