@@ -31,9 +31,9 @@ from packaging_helpers import (
     require_tool,
     unit_capabilities,
 )
-from tportknockd import __version__, client, config
+from tportknockd import __version__, client
 from tportknockd.cli import HELP, build_parser
-from tportknockd.config import ConfigError, parse_config
+from tportknockd.config import ConfigError, blocks, parse_config
 from tportknockd.daemon import loop
 
 PAGES = ["tportknockd.8", "tportknockd.conf.5", "tportknock.1"]
@@ -139,9 +139,9 @@ def test_the_units_capabilities_are_the_ones_documented() -> None:
 
 
 def _config_keys() -> set[str]:
-    """Every key the parser knows: each module-level tuple of names ending in KEYS."""
+    """Every key the parser knows: the block reader's KEYS."""
     keys: set[str] = set()
-    for name, value in vars(config).items():
+    for name, value in vars(blocks).items():
         if name.endswith("KEYS") and isinstance(value, tuple):
             keys.update(value)
     return keys
