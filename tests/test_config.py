@@ -283,7 +283,8 @@ def test_missing_keys_are_reported_at_the_opening_line() -> None:
     assert errors_of(text) == [
         f"{PATH}:3: event 'E' lacks required key 'sequence' "
         "(or 'otp_secret' or 'one_time_sequences' for one-time sequences)",
-        f"{PATH}:3: event 'E' lacks required key 'start_command'",
+        f"{PATH}:3: event 'E' does nothing: give it a door (ports the knock opens), a "
+        "start_command, or both",
     ]
 
 
@@ -437,8 +438,8 @@ stray = 1
         f"{PATH}:2: sequence: bad frame 'tcp:0': port 0 is out of range 1..65535",
         f"{PATH}:3: timeout: 'soon' is not a number of seconds",
         f"{PATH}:5: unknown key 'colour' (known keys: sequence, timeout, start_command, "
-        "stop_command, command_delay, otp_secret, otp_length, otp_ports, otp_frames, "
-        "otp_window, one_time_sequences)",
+        "stop_command, command_delay, door, door_timeout, door_prefix, otp_secret, otp_length, "
+        "otp_ports, otp_frames, otp_window, one_time_sequences)",
         f"{PATH}:7: key 'stray' outside of a block (put it inside <NAME>)",
         f"{PATH}:8: duplicate event name 'A' (first defined at line 1)",
         f"{PATH}:9: sequence: bad frame 'udp:9:s': only TCP frames take flags",
@@ -448,7 +449,8 @@ stray = 1
         f"{PATH}:14: event 'C' lacks required key 'sequence' "
         "(or 'otp_secret' or 'one_time_sequences' for one-time sequences)",
         f"{PATH}:14: event 'C' lacks required key 'timeout'",
-        f"{PATH}:14: event 'C' lacks required key 'start_command'",
+        f"{PATH}:14: event 'C' does nothing: give it a door (ports the knock opens), a "
+        "start_command, or both",
     ]
 
 

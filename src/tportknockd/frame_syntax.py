@@ -1,4 +1,5 @@
-"""The frame syntax shared by the config, one-time lists and the client: `tcp:123:frap`.
+"""The frame syntax shared by the config, one-time lists and the client: `tcp:123:frap`;
+and the door syntax of the config (`tcp:22`, `udp:60000-61000`).
 
 A frame is `protocol:port[:flags]`; a frame kind (`tcp:s`, `udp`), used by one-time sequences,
 is the same without the port.
@@ -12,6 +13,7 @@ from tportknockd.model import (
     PROTO_TCP,
     PROTO_UDP,
     PROTOCOL_NUMBERS,
+    DoorPort,
     Frame,
     FrameKind,
 )
@@ -122,3 +124,30 @@ def format_kind(kind: FrameKind) -> str:
     if kind.protocol == PROTO_UDP:
         return "udp"
     return f"tcp:{_flag_letters(kind.flags)}"
+
+
+def parse_door_port(text: str) -> DoorPort:
+    """`tcp:22` or `udp:60000-61000` → DoorPort; ValueError says what is wrong."""
+    spelled = text.strip()
+    parts = spelled.split(":")
+    try:
+        if len(parts) == 3:
+            raise ValueError("a door takes no flags: it opens the port for every connection")
+        if len(parts) != 2:
+            raise ValueError("expected protocol:port or protocol:low-high, e.g. tcp:22")
+        protocol = _parse_protocol(parts[0])
+        low_text, dash, high_text = parts[1].partition("-")
+        low = parse_port(low_text)
+        high = parse_port(high_text) if dash else low
+        if high < low:
+            raise ValueError(f"range {low}-{high} is reversed (write {high}-{low})")
+        return DoorPort(protocol, low, high)
+    except ValueError as exc:
+        raise ValueError(f"bad door {spelled!r}: {exc}") from None
+
+
+def format_door_port(door: DoorPort) -> str:
+    """The config spelling of a door port, the inverse of `parse_door_port`."""
+    protocol = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}[door.protocol]
+    ports = str(door.low) if door.low == door.high else f"{door.low}-{door.high}"
+    return f"{protocol}:{ports}"

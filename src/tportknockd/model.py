@@ -128,6 +128,20 @@ class OneTimeList:
 
 
 @dataclass(frozen=True, slots=True)
+class DoorPort:
+    """What a knock opens, for the knocker alone: a protocol and a port range (`tcp:22` is
+    22-22, `udp:60000-61000`)."""
+
+    protocol: int
+    low: int
+    high: int
+
+
+#: How long a door stays open for new connections, unless `door_timeout` says otherwise.
+DEFAULT_DOOR_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """A configured knock event (one `<NAME> ... </NAME>` block).
 
@@ -138,12 +152,15 @@ class Event:
     name: str
     frames: tuple[Frame, ...]
     timeout: float
-    start_command: str
+    start_command: str | None  # None: the event opens its door alone
     stop_command: str | None = None
     command_delay: float | None = None
     line: int = 0  # line of the opening tag, for messages
     otp: OtpSpec | None = None
     one_time_list: OneTimeList | None = None
+    door: tuple[DoorPort, ...] = ()  # opened in the daemon's own nftables table
+    door_timeout: float = DEFAULT_DOOR_TIMEOUT
+    door_prefix: tuple[int, int] = (32, 128)  # the knocker's network that the door opens for
 
     @property
     def one_time(self) -> bool:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import codecs
 
 from tportknockd.config.blocks import BlockReader, ConfigError, Problems
-from tportknockd.config.events import build_events, parse_seconds
+from tportknockd.config.events import build_events
 from tportknockd.config.report import check_report
+from tportknockd.config.values import parse_seconds
 from tportknockd.config.warnings import warnings
 from tportknockd.frame_syntax import format_frame, parse_frame
 from tportknockd.model import Config

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tportknockd.config.doors import DOOR_KEYS
+from tportknockd.config.values import shorten
 from tportknockd.onetime.keys import LIST_KEY, OTP_KEYS, Setting
 
 KEYS = (
@@ -15,6 +17,7 @@ KEYS = (
     "start_command",
     "stop_command",
     "command_delay",
+    *DOOR_KEYS,
     *OTP_KEYS,
     LIST_KEY,
 )
@@ -158,10 +161,6 @@ def _first_control_character(text: str) -> str | None:
         if char != "\t" and (ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F):
             return char
     return None
-
-
-def shorten(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _garbage_message(content: str) -> str:

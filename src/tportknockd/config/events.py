@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 
-from tportknockd.config.blocks import Block, Problems, shorten
+from tportknockd.config.blocks import Block, Problems
+from tportknockd.config.doors import parse_door_settings
+from tportknockd.config.values import format_seconds, parse_seconds
 from tportknockd.frame_syntax import parse_frame
 from tportknockd.model import Event, Frame, OneTimeList, OtpSpec
 from tportknockd.onetime.keys import LIST_KEY, OTP_KEYS, parse_list, parse_otp
 
-REQUIRED_KEYS = ("timeout", "start_command")
+REQUIRED_KEYS = ("timeout",)
+#: An event has at least one of these: what a knock does.
+EFFECT_KEYS = ("door", "start_command")
 #: An event has exactly one of these: where its sequence comes from.
 SEQUENCE_SOURCES = ("sequence", "otp_secret", LIST_KEY)
 
@@ -29,6 +32,7 @@ class EventBuilder:
     def build(self) -> Event | None:
         source = self._sequence_source()
         self._require_keys()
+        self._require_an_effect()
         self._require_pairing("stop_command", "command_delay", "seconds to wait before it runs")
         self._require_pairing("command_delay", "stop_command", "the command it delays")
         frames = self._frames() if source == "sequence" else ()
@@ -38,9 +42,10 @@ class EventBuilder:
         delay = self._seconds("command_delay")
         start = self._command("start_command")
         stop = self._command("stop_command")
+        door = parse_door_settings(self.block.settings, self._error)
         if otp_spec is not None and timeout is not None:
             self._check_timeout_fits(otp_spec.window, timeout)
-        if self.failed or frames is None or timeout is None or start is None:
+        if self.failed or frames is None or timeout is None:
             return None
         return Event(
             name=self.block.name,
@@ -52,6 +57,9 @@ class EventBuilder:
             line=self.block.line,
             otp=otp_spec,
             one_time_list=one_time_list,
+            door=door.ports,
+            door_timeout=door.timeout,
+            door_prefix=door.prefix,
         )
 
     def _error(self, line: int, message: str) -> None:
@@ -64,6 +72,14 @@ class EventBuilder:
                 self._error(
                     self.block.line, f"event {self.block.name!r} lacks required key {key!r}"
                 )
+
+    def _require_an_effect(self) -> None:
+        if not any(key in self.block.settings for key in EFFECT_KEYS):
+            self._error(
+                self.block.line,
+                f"event {self.block.name!r} does nothing: give it a door (ports the knock "
+                "opens), a start_command, or both",
+            )
 
     def _sequence_source(self) -> str | None:
         """Which of sequence / otp_secret / one_time_sequences this event uses."""
@@ -154,23 +170,6 @@ class EventBuilder:
         return setting.value
 
 
-def parse_seconds(text: str) -> float:
-    """A positive, finite number of seconds (`10`, `2.5`); ValueError says what is wrong."""
-    if not text:
-        raise ValueError("no value: expected a number of seconds, e.g. 10")
-    try:
-        if not text.isascii() or "_" in text:
-            raise ValueError
-        seconds = float(text)
-    except ValueError:
-        raise ValueError(f"{shorten(text)!r} is not a number of seconds") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"{text!r} is not a finite number of seconds")
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be greater than 0 seconds")
-    return seconds
-
-
 def build_events(blocks: Iterable[Block], problems: Problems) -> list[tuple[Event, int]]:
     """Valid events, each with the line of its sequence (where warnings point)."""
     built: list[tuple[Event, int]] = []
@@ -189,12 +188,3 @@ def build_events(blocks: Iterable[Block], problems: Problems) -> list[tuple[Even
             source = next(key for key in SEQUENCE_SOURCES if key in block.settings)
             built.append((event, block.settings[source].line))
     return built
-
-
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "none"
-    number = str(int(seconds)) if seconds.is_integer() else repr(seconds)
-    return f"{number} s"

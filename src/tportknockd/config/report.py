@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from tportknockd.config.events import format_seconds
+from tportknockd.config.values import format_seconds
 from tportknockd.frame_syntax import format_frame, format_kind
 from tportknockd.model import Config, Event, Frame, OneTimeList, OtpSpec
 from tportknockd.onetime import derivation

@@ -140,6 +140,8 @@ class Doorkeeper:
             )
 
     def _run_command(self, action: RunStart | RunStop, what: str) -> None:
+        if action.command is None:
+            return
         door = (action.event, action.address)  # a door's commands run in order
         label = f"{action.event} {action.address} {what}"
         self.runner.run(label, action.command, action.address, key=door)

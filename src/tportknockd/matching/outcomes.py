@@ -8,11 +8,12 @@ from tportknockd.model import Frame
 
 
 class RunStart(NamedTuple):
-    """Run `command` (an event's start_command) for `address`."""
+    """`address` knocked right: open the event's door and run `command` (its start_command;
+    None when the event has only a door)."""
 
     event: str
     address: str
-    command: str
+    command: str | None
 
 
 class RunStop(NamedTuple):
