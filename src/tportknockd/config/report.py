@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from tportknockd.config.values import format_seconds
-from tportknockd.frame_syntax import format_frame, format_kind
+from tportknockd.frame_syntax import format_door_port, format_frame, format_kind
 from tportknockd.model import Config, Event, Frame, OneTimeList, OtpSpec
 from tportknockd.onetime import derivation
 
@@ -33,11 +33,21 @@ def _describe_event(event: Event, show_sequences_at: float | None) -> str:
         lines += ["  sequence:", *_numbered(event.frames)]
     lines += [
         f"  timeout:       {format_seconds(event.timeout)}",
-        f"  start_command: {event.start_command}",
+        f"  door:          {_describe_door(event)}",
+        f"  start_command: {event.start_command if event.start_command is not None else 'none'}",
         f"  stop_command:  {event.stop_command if event.stop_command is not None else 'none'}",
         f"  command_delay: {format_seconds(event.command_delay)}",
     ]
     return "\n".join(lines)
+
+
+def _describe_door(event: Event) -> str:
+    if not event.door:
+        return "none"
+    ports = " ".join(format_door_port(port) for port in event.door)
+    v4, v6 = event.door_prefix
+    whom = "the knocking address" if (v4, v6) == (32, 128) else f"the knocker's /{v4} or /{v6}"
+    return f"{ports}, open {format_seconds(event.door_timeout)} for {whom}"
 
 
 def _numbered(frames: Sequence[Frame]) -> list[str]:
