@@ -654,6 +654,7 @@ def test_check_report_spells_out_every_event() -> None:
         "    5. tcp/434 FIN+SYN+RST+PSH+ACK+URG\n"
         "    6. tcp/2345 none\n"
         "  timeout:       10 s\n"
+        "  door:          none\n"
         "  start_command: /usr/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
         "  stop_command:  /usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT\n"
         "  command_delay: 30 s"

@@ -12,6 +12,7 @@ import pytest
 from tportknockd.capture import netif
 from tportknockd.capture.interfaces import Interfaces
 from tportknockd.capture.selection import Selection
+from tportknockd.daemon.doorkeeper import CommandDoors
 from tportknockd.daemon.loop import Daemon, Options
 from tportknockd.daemon.matching import PythonMatching
 from tportknockd.matching.sequences import LiveSequence, static_sequences
@@ -133,7 +134,7 @@ def test_shutdown_closes_every_open_door_and_empties_the_record(
     daemon: Daemon, tmp_path: Path
 ) -> None:
     stops: list[str] = []
-    daemon.doors.runner = Recorder(stops)
+    daemon.doors.kinds = [CommandDoors(Recorder(stops))]
     for port in (1, 2):
         packet = Packet(address_bytes(A), address_bytes("198.51.100.1"), PROTO_UDP, port, 0)
         daemon.doors.perform(daemon.engine.feed(packet, time.monotonic()), "knk0")

@@ -12,7 +12,7 @@ import pytest
 
 from tportknockd.capture.statistics import Counters
 from tportknockd.daemon import state
-from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.doorkeeper import CommandDoors, Doorkeeper
 from tportknockd.matching.engine import Engine, RunStop
 from tportknockd.model import PROTO_UDP, Config, Event, Frame, Packet, address_bytes
 
@@ -50,7 +50,8 @@ class CallRunner:
 
 
 def doorkeeper_for(state_file: Path, runner: RecordingRunner | CallRunner) -> Doorkeeper:
-    return Doorkeeper(Engine(Config("t.conf", (EVENT,))), runner, str(state_file), Counters())
+    engine = Engine(Config("t.conf", (EVENT,)))
+    return Doorkeeper(engine, [CommandDoors(runner)], str(state_file), Counters())
 
 
 @pytest.fixture
@@ -70,14 +71,14 @@ def knock(d: Doorkeeper, now: float, via: str | None = None) -> None:
 
 def test_door_is_recorded_before_start_command_runs(doors: Doorkeeper) -> None:
     knock(doors, time.monotonic())
-    assert doors.runner.calls == [("start", A, [A])]  # type: ignore[attr-defined]
+    assert doors.kinds[0].runner.calls == [("start", A, [A])]  # type: ignore[attr-defined]
 
 
 def test_door_is_forgotten_once_its_stop_has_run(doors: Doorkeeper, tmp_path: Path) -> None:
     knock(doors, time.monotonic() - 31)
     doors.perform(doors.engine.tick(time.monotonic()))
     # Still recorded while the stop starts (a crash now repeats the stop, never skips it)...
-    assert doors.runner.calls[-1] == ("stop", A, [A])  # type: ignore[attr-defined]
+    assert doors.kinds[0].runner.calls[-1] == ("stop", A, [A])  # type: ignore[attr-defined]
     # ...and forgotten right after.
     assert state.load(str(tmp_path / "doors.json")) == []
 
@@ -94,7 +95,7 @@ def test_restore_closes_due_doors_and_reschedules_the_rest(
         ],
     )
     doors.restore()
-    assert doors.runner.calls == [("stop", A, [A, "2001:db8::7"])]  # type: ignore[attr-defined]
+    assert doors.kinds[0].runner.calls == [("stop", A, [A, "2001:db8::7"])]  # type: ignore[attr-defined]
     assert [d.address for d in state.load(str(tmp_path / "doors.json"))] == ["2001:db8::7"]
     open_doors = doors.engine.open_doors()
     assert [(d.address, round(d.due - time.monotonic())) for d in open_doors] == [
@@ -110,7 +111,7 @@ def test_shutdown_closes_everything_and_empties_the_record(
 ) -> None:
     knock(doors, time.monotonic())
     doors.perform(doors.engine.shutdown())
-    assert doors.runner.calls[-1] == ("stop", A, [A])  # type: ignore[attr-defined]
+    assert doors.kinds[0].runner.calls[-1] == ("stop", A, [A])  # type: ignore[attr-defined]
     assert json.loads((tmp_path / "doors.json").read_text())["doors"] == []
 
 
@@ -141,7 +142,7 @@ def test_corrupt_record_is_moved_aside_and_nothing_runs(
 
 def test_no_state_file_keeps_no_record(tmp_path: Path) -> None:
     runner = CallRunner()
-    d = Doorkeeper(Engine(Config("t.conf", (EVENT,))), runner, None, Counters())
+    d = Doorkeeper(Engine(Config("t.conf", (EVENT,))), [CommandDoors(runner)], None, Counters())
     d.restore()
     knock(d, time.monotonic())
     assert [c[0] for c in runner.calls] == [f"ssh {A} start"]

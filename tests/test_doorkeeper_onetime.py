@@ -11,7 +11,7 @@ import pytest
 
 from tportknockd.capture.statistics import Counters
 from tportknockd.daemon import state
-from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.doorkeeper import CommandDoors, Doorkeeper
 from tportknockd.frame_syntax import format_frame, parse_kind
 from tportknockd.matching.engine import Engine, ListLineUsed
 from tportknockd.matching.sequences import Schedule
@@ -58,7 +58,7 @@ def otp_keeper(state_file: Path) -> tuple[Doorkeeper, Runner, tuple[Frame, ...]]
     wall = time.time()
     engine.set_sequences(Schedule(engine.config).live(wall))
     runner = Runner(state_file)
-    keeper = Doorkeeper(engine, runner, str(state_file), Counters())
+    keeper = Doorkeeper(engine, [CommandDoors(runner)], str(state_file), Counters())
     return keeper, runner, derivation.derive(SPEC, "ssh", derivation.window_number(wall, 30))
 
 
@@ -109,7 +109,8 @@ def list_keeper(tmp_path: Path, marks: list[bool]) -> tuple[Doorkeeper, Runner]:
             engine.set_sequences(schedule.live(None))
         return ok
 
-    return Doorkeeper(engine, runner, str(tmp_path / "doors.json"), Counters(), use), runner
+    state_file = str(tmp_path / "doors.json")
+    return Doorkeeper(engine, [CommandDoors(runner)], state_file, Counters(), use), runner
 
 
 def test_no_door_when_the_list_line_cannot_be_marked(tmp_path: Path) -> None:

@@ -1,16 +1,17 @@
 """Carrying out the engine's actions, with the doors kept durable.
 
-The engine decides what must happen; the doorkeeper makes it happen: it runs the commands
-(through the command runner, which never blocks), logs each door opening, pushed back and
-closing, and keeps the state file ahead of the doors, so that a crash at any moment leaves no
-open door unrecorded. At start-up it takes over the doors a previous run left open.
+The engine decides what must happen; the doorkeeper makes it happen: it hands each knock and
+each stop to every kind of door (`DoorKind`: the commands, and the daemon's own nftables table
+when events have a `door`), logs each door opening, pushed back and closing, and keeps the
+state file ahead of the doors, so that a crash at any moment leaves no open door unrecorded.
+At start-up it takes over the doors a previous run left open.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 from tportknockd.capture.statistics import Counters
@@ -40,6 +41,45 @@ class Runner(Protocol):
         """Start `command` for `address` in the background; same `key`, same order."""
 
 
+#: A host that knocked right just now: a door opens (RunStart) or, open already, stays open
+#: longer (DoorExtended).
+Knock = RunStart | DoorExtended
+
+
+class DoorKind(Protocol):
+    """One way doors open and close: commands, or the elements of an nftables table."""
+
+    def opened(self, knocks: Sequence[Knock], via: str | None) -> None:
+        """Open (or keep open) the doors of these knocks, in one go where the kind can."""
+
+    def closed(self, stops: Sequence[RunStop]) -> None:
+        """Close these doors now."""
+
+
+class CommandDoors:
+    """Doors that are commands: start_command when a door opens, stop_command when it closes
+    (through the command runner, which never blocks)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def opened(self, knocks: Sequence[Knock], via: str | None) -> None:
+        for knock in knocks:
+            if isinstance(knock, RunStart):
+                self._run(knock, "start")
+
+    def closed(self, stops: Sequence[RunStop]) -> None:
+        for stop in stops:
+            self._run(stop, "stop")
+
+    def _run(self, action: RunStart | RunStop, what: str) -> None:
+        if action.command is None:
+            return
+        door = (action.event, action.address)  # a door's commands run in order
+        label = f"{action.event} {action.address} {what}"
+        self.runner.run(label, action.command, action.address, key=door)
+
+
 #: Makes a used one-time list line durable; False when it could not (the door stays shut).
 UseListLine = Callable[[ListLineUsed], bool]
 
@@ -48,13 +88,13 @@ class Doorkeeper:
     def __init__(
         self,
         engine: Engine,
-        runner: Runner,
+        kinds: Sequence[DoorKind],
         state_file: str | None,
         counters: Counters,
         use_list_line: UseListLine | None = None,
     ) -> None:
         self.engine = engine
-        self.runner = runner
+        self.kinds = list(kinds)
         self.state_file = state_file  # None: keep no record
         self.counters = counters
         self.use_list_line = use_list_line
@@ -69,21 +109,25 @@ class Doorkeeper:
         usable again. `via` names the interface the packet that caused the actions came in
         on (for the log).
         """
-        changes_record = False
-        for action in actions:
-            if isinstance(action, RunStop):
-                self._dispatch(action, via)
-                changes_record = True
-            elif isinstance(action, (RunStart, DoorExtended, Burned)):
-                changes_record = True
+        stops = [action for action in actions if isinstance(action, RunStop)]
+        for stop in stops:
+            log.info("%s: closing for %s", stop.event, stop.address)
+        for kind in self.kinds:
+            kind.closed(stops)
         refused = self._use_list_lines(actions)
-        if changes_record:
+        if stops or any(isinstance(a, (RunStart, DoorExtended, Burned)) for a in actions):
             self._record()
+        knocks: list[Knock] = []
         for action in actions:
             if isinstance(action, RunStart) and (action.event, action.address) in refused:
                 continue
+            if isinstance(action, (RunStart, DoorExtended)):
+                knocks.append(action)
             if not isinstance(action, RunStop):
-                self._dispatch(action, via)
+                self._log(action, via)
+        if knocks:
+            for kind in self.kinds:
+                kind.opened(knocks, via)
 
     def _use_list_lines(self, actions: list[Action]) -> set[tuple[str, str]]:
         """Make used list lines durable; the doors whose line could not be marked."""
@@ -101,16 +145,12 @@ class Doorkeeper:
                     self.engine.doors.abandon(*door)
         return refused
 
-    def _dispatch(self, action: Action, via: str | None) -> None:
+    def _log(self, action: Action, via: str | None) -> None:
         if isinstance(action, RunStart):
             self.counters.fired += 1
             log.info(
                 "%s: knock from %s accepted: opening%s", action.event, action.address, _on(via)
             )
-            self._run_command(action, "start")
-        elif isinstance(action, RunStop):
-            log.info("%s: closing for %s", action.event, action.address)
-            self._run_command(action, "stop")
         elif isinstance(action, DoorExtended):
             log.info(
                 "%s: knock from %s while open: stop pushed back, now in %.1f s%s",
@@ -138,13 +178,6 @@ class Doorkeeper:
                 action.of,
                 _on(via),
             )
-
-    def _run_command(self, action: RunStart | RunStop, what: str) -> None:
-        if action.command is None:
-            return
-        door = (action.event, action.address)  # a door's commands run in order
-        label = f"{action.event} {action.address} {what}"
-        self.runner.run(label, action.command, action.address, key=door)
 
     # -- the record -------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from tportknockd.capture.statistics import Counters
 from tportknockd.config import ConfigError, load_config
 from tportknockd.daemon import state
 from tportknockd.daemon.commands import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT, CommandRunner
-from tportknockd.daemon.doorkeeper import Doorkeeper
+from tportknockd.daemon.doorkeeper import CommandDoors, Doorkeeper
 from tportknockd.daemon.matching import ENGINES, EngineError, Matching, choose
 from tportknockd.daemon.sequencer import Sequencer, frames_of
 from tportknockd.daemon.signals import SignalInbox
@@ -79,7 +79,7 @@ class Daemon:
         self.sequencer = Sequencer(self.engine, self.config)
         self.doors = Doorkeeper(
             self.engine,
-            self.runner,
+            [CommandDoors(self.runner)],
             options.state_file,
             self.counters,
             self.sequencer.use_list_line,
