@@ -222,4 +222,4 @@ def test_the_statistics_line_ends_with_the_matchings_own(
 
     daemon.matching = Counting("engine: test")
     daemon.log_statistics()
-    assert caplog.records[-1].getMessage().endswith(" ring_resyncs=0 kernel_seen=7")
+    assert caplog.records[-1].getMessage().endswith(" door_failures=0 kernel_seen=7")

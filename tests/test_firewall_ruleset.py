@@ -131,7 +131,6 @@ def test_overlapping_doors_are_merged() -> None:
 
 
 @pytest.mark.parametrize("make", [
-    lambda: DoorPort(1, 22, 22), lambda: DoorPort(TCP, 0, 1), lambda: DoorPort(TCP, 9, 8),
     lambda: DoorSpec("x", (), 1), lambda: DoorSpec("x", SSH.ports, 0),
     lambda: DoorSpec("x", SSH.ports, 1, prefix_v4=33), lambda: DoorSpec("", SSH.ports, 1),
     lambda: DoorSpec("x" * 129, SSH.ports, 1),

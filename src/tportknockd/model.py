@@ -127,7 +127,7 @@ class OneTimeList:
     remaining: int  # usable lines, the head included
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class DoorPort:
     """What a knock opens, for the knocker alone: a protocol and a port range (`tcp:22` is
     22-22, `udp:60000-61000`)."""

@@ -24,6 +24,7 @@ class Counters:
     fired: int = 0
     replays: int = 0  # used one-time sequences that came again
     ring_resyncs: int = 0  # of captures closed since (the open ones count their own)
+    door_failures: int = 0  # knocks whose door the nftables table did not take
 
     def add_kernel(self, interface: str, stats: Stats) -> None:
         """Add what the kernel says about one capture since it was last asked."""
@@ -44,5 +45,5 @@ class Counters:
             f"packets={self.packets} malformed={self.malformed} not_local={self.not_local} "
             f"attempts={attempts} open_doors={open_doors} fired={self.fired} "
             f"replays={self.replays} "
-            f"ring_resyncs={self.ring_resyncs + open_resyncs}"
+            f"ring_resyncs={self.ring_resyncs + open_resyncs} door_failures={self.door_failures}"
         )

@@ -20,7 +20,9 @@ import logging
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tportknockd.capture.interfaces import Interfaces, StartupError
 from tportknockd.capture.ring import RingGeometry
@@ -34,6 +36,10 @@ from tportknockd.daemon.matching import ENGINES, EngineError, Matching, choose
 from tportknockd.daemon.sequencer import Sequencer, frames_of
 from tportknockd.daemon.signals import SignalInbox
 from tportknockd.daemon.systemd import notify_systemd
+from tportknockd.firewall.libnftables import FirewallError
+
+if TYPE_CHECKING:  # imported when an event has a door
+    from tportknockd.daemon.firewall_doors import FirewallDoors
 from tportknockd.matching.engine import DEFAULT_MAX_ATTEMPTS, Action, Engine
 from tportknockd.matching.sequences import LiveSequence, Schedule
 from tportknockd.model import Config, Frame
@@ -85,7 +91,12 @@ class Daemon:
             self.sequencer.use_list_line,
         )
         self.poller = select.poll()
+        #: What to do when one of the daemon's own descriptors is readable (the captures'
+        #: are the interfaces' business).
+        self._handlers: dict[int, Callable[[], None]] = {}
         self.signals = SignalInbox()
+        #: The daemon's own nftables table, while some event has a door.
+        self.firewall: FirewallDoors | None = None
         self._stopping = False
         self._next_statistics = 0.0
 
@@ -94,8 +105,14 @@ class Daemon:
         return self.sequencer.frames()
 
     def open(self) -> None:
-        """Choose the engine, open the captures; StartupError with a line fit for the user."""
+        """Close the door ports, choose the engine, open the captures; StartupError with a
+        line fit for the user."""
         self.sequencer.start(self.apply)
+        try:
+            # Before any capture: a start-up that fails later leaves the ports closed.
+            self._guard_doors(self.config)
+        except FirewallError as exc:
+            raise StartupError(str(exc)) from None
         try:
             self.matching = choose(
                 self.options.engine,
@@ -116,6 +133,24 @@ class Daemon:
             self.options.debug,
         )
         self.interfaces.start()
+
+    def _guard_doors(self, config: Config) -> None:
+        """Install, replace or empty the door table for `config` (FirewallError says why)."""
+        if self.firewall is not None:
+            self.firewall.follow(config)
+            return
+        if not any(event.door for event in config.events):
+            return
+        # Imported only for doors: a daemon without them loads no libnftables.
+        from tportknockd.daemon.firewall_doors import FirewallDoors
+
+        self.firewall = FirewallDoors(config, self.counters)
+        self.doors.kinds.insert(0, self.firewall)  # the door opens before the command runs
+        self._watch(self.firewall.fileno(), self.firewall.on_ruleset_change)
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self._handlers[fd] = handler
+        self.poller.register(fd, select.POLLIN)
 
     def apply(self, sequences: list[LiveSequence], config: Config | None = None) -> None:
         """Match `sequences` from now on, in the kernel filters, the matching and the engine
@@ -138,9 +173,9 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; then close every open door. Returns the exit status."""
         self.signals.install(HANDLED_SIGNALS)
-        self.poller.register(self.signals.fileno(), select.POLLIN)
+        self._watch(self.signals.fileno(), self._handle_signals)
         for fd in self.matching.fds():
-            self.poller.register(fd, select.POLLIN)
+            self._watch(fd, self._on_completions)
         self.doors.restore()
         # What start-up built lives as long as the daemon: keep it out of every later
         # collection, so collections stay short while floods churn through attempts. What
@@ -184,13 +219,11 @@ class Daemon:
         if now >= self._next_statistics:
             self._next_statistics = now + STATISTICS_INTERVAL
             self.interfaces.read_kernel_statistics()
-        feed, perform, signals_fd = self.engine.feed, self.doors.perform, self.signals.fileno()
-        matching_fds = self.matching.fds()
+        feed, perform, handlers = self.engine.feed, self.doors.perform, self._handlers
         for fd, revents in self.poller.poll(self._poll_timeout_ms(now, deadline)):
-            if fd == signals_fd:
-                self._handle_signals()
-            elif fd in matching_fds:
-                self._on_completions()
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler()
             else:
                 self.interfaces.on_ready(fd, revents, feed, perform)
 
@@ -238,8 +271,14 @@ class Daemon:
         schedule = Schedule(config)
         live = schedule.live(time.time())
         try:
+            self._guard_doors(config)  # one transaction: on failure the old table stands
+        except FirewallError as exc:
+            log.error("reload rejected: %s; keeping the current configuration", exc)
+            return
+        try:
             self.apply(live, config)
         except ValueError as exc:
+            self._guard_doors(self.config)
             log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
             return
         for warning in config.warnings:
@@ -268,5 +307,7 @@ class Daemon:
         self.log_statistics()
         self.interfaces.close()
         self.matching.close()
+        if self.firewall is not None:
+            self.firewall.close()  # the table stays: the ports stay closed
         log.info("stopped")
         return 0

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tportknockd.model import DoorPort
+
 FAMILY = "inet"
 TABLE = "tportknockd"
 GUARD_CHAIN = "guard"
@@ -47,21 +49,6 @@ MAX_COMMENT = 128
 
 Command = dict[str, Any]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, order=True)
-class DoorPort:
-    """A door: protocol (TCP or UDP) and a port range LOW-HIGH (LOW == HIGH: one port)."""
-
-    protocol: int
-    low: int
-    high: int
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOL_NAMES:
-            raise ValueError(f"a door is TCP or UDP, not protocol {self.protocol}")
-        if not 1 <= self.low <= self.high <= 65535:
-            raise ValueError(f"bad door port range {self.low}-{self.high}")
 
 
 @dataclass(frozen=True)
