@@ -16,7 +16,9 @@ from tportknockd.config import ConfigError, check_report, load_config
 from tportknockd.daemon.commands import DEFAULT_MAX_RUNNING, DEFAULT_TIME_LIMIT
 from tportknockd.daemon.loop import ENGINES, Daemon, Options, StartupError
 from tportknockd.daemon.state import DEFAULT_STATE_FILE
+from tportknockd.frame_syntax import format_door_port
 from tportknockd.matching.engine import DEFAULT_MAX_ATTEMPTS
+from tportknockd.model import DoorPort
 
 log = logging.getLogger("tportknockd")
 
@@ -26,6 +28,7 @@ USAGE = """\
 usage: tportknockd -c CONFIG -i DEVICE[,DEVICE]... [-r SEC] [-d] [-D]
        tportknockd -C CONFIG [--show-sequences]
        tportknockd -l
+       tportknockd --doors | --remove-table
        tportknockd -h"""
 
 HELP = f"""\
@@ -58,6 +61,10 @@ long options:
   --engine ENGINE         auto, kernel or python: where knocks are matched (default auto:
                           in the kernel, as an eBPF program, where the kernel allows it)
   --show-sequences        with -C: also show the current sequences of one-time events
+  --doors                 list the doors open now (read from the kernel: works whether or
+                          not the daemon runs)
+  --remove-table          remove the daemon's nftables table: every door port opens to
+                          everyone again, and every open door closes
   --version               print the version
 
 Signals: SIGHUP reloads the configuration (a broken one is rejected, the old one kept),
@@ -129,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring-size", type=_count)
     p.add_argument("--show-sequences", action="store_true")
     p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--doors", action="store_true")
+    p.add_argument("--remove-table", action="store_true")
     p.add_argument("--version", action="store_true")
     return p
 
@@ -153,6 +162,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.list:
         return list_devices()
+    if args.doors:
+        return list_doors()
+    if args.remove_table:
+        return remove_table()
     if args.check:
         return check(args.check, show_sequences=args.show_sequences)
     if args.show_sequences:
@@ -182,6 +195,50 @@ def list_devices() -> int:
     print(f"-i any listens on: {' '.join(now) or 'none yet'}", end="")
     print(f"; once up: {' '.join(later)}" if later else "", end="")
     print("; and on interfaces added later (never lo)")
+    return 0
+
+
+def list_doors() -> int:
+    """Each open door of the daemon's table: event, source, ports, time left."""
+    from tportknockd.firewall.libnftables import FirewallError
+    from tportknockd.firewall.table import DoorTable
+
+    try:
+        table = DoorTable()
+        try:
+            if not table.present():
+                print("no door table: no tportknockd with doors has run since boot")
+                return 0
+            doors = table.open_doors()
+        finally:
+            table.close()
+    except FirewallError as exc:
+        print(f"tportknockd: {exc}", file=sys.stderr)
+        return 1
+    for door in sorted(doors, key=lambda d: (d.event, str(d.source), d.protocol, d.low)):
+        ports = format_door_port(DoorPort(door.protocol, door.low, door.high))
+        left = "no timeout" if door.seconds_left is None else f"{door.seconds_left} s left"
+        print(f"{door.event:<16} {str(door.source):<24} {ports:<16} {left}")
+    print(f"{len(doors)} open door{'' if len(doors) == 1 else 's'}")
+    return 0
+
+
+def remove_table() -> int:
+    """Remove the table: the door ports are guarded no more."""
+    from tportknockd.firewall.libnftables import FirewallError
+    from tportknockd.firewall.table import DoorTable
+
+    try:
+        table = DoorTable()
+        try:
+            present = table.present()
+            table.remove()
+        finally:
+            table.close()
+    except FirewallError as exc:
+        print(f"tportknockd: {exc}", file=sys.stderr)
+        return 1
+    print("removed the nftables table tportknockd" if present else "no table to remove")
     return 0
 
 
