@@ -134,6 +134,10 @@ uninstall_files() {
     if [ -z "$d" ] && [ -d /run/systemd/system ]; then
         systemctl disable --now tportknockd.service 2>/dev/null || true
     fi
+    # Without the daemon nothing would ever open the door ports again: take its table away.
+    if [ -z "$d" ] && [ -x "$SBINDIR/tportknockd" ]; then
+        "$SBINDIR/tportknockd" --remove-table >/dev/null 2>&1 || true
+    fi
     rm -rf "$d$PYTHONDIR/tportknockd" "$d$DOCDIR"
     rm -f "$d$SBINDIR/tportknockd" "$d$BINDIR/tportknock" "$d$UNITDIR/tportknockd.service"
     for page in $MAN_PAGES; do
