@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from tportknockd.firewall.ruleset import (
     whole_seconds,
 )
 
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 SSH = DoorSpec("ssh", (DoorPort(TCP, 22, 22),), 30, prefix_v4=24, prefix_v6=64)
 WEB = DoorSpec("web", (DoorPort(TCP, 22, 22), DoorPort(TCP, 80, 80),
                        DoorPort(UDP, 1000, 1010)), 2.5)  # fmt: skip
@@ -220,5 +222,5 @@ def test_importing_the_firewall_loads_neither_ctypes_nor_the_library() -> None:
     code = ("import sys, tportknockd.firewall.table; "
             "print('ctypes' in sys.modules, tportknockd.firewall.libnftables._library)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"PYTHONPATH": "src"}).stdout
+                         check=True, env={"PYTHONPATH": str(SOURCE)}).stdout
     assert out.split() == ["False", "None"]
