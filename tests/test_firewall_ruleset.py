@@ -224,3 +224,19 @@ def test_importing_the_firewall_loads_neither_ctypes_nor_the_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONPATH": str(SOURCE)}).stdout
     assert out.split() == ["False", "None"]
+
+
+def test_the_watcher_counts_deletions_not_element_changes() -> None:
+    import struct
+    import sys
+
+    from tportknockd.firewall import table
+
+    def message(kind: int, payload: bytes = b"") -> bytes:
+        header = struct.pack("=IHHII", 16 + len(payload), (10 << 8) | kind, 0, 0, 0)
+        return header + payload + b"\0" * (-len(payload) % 4)
+
+    assert sys.byteorder in ("little", "big")
+    data = message(12, b"abc") + message(14) + message(2)  # NEWSETELEM, DELSETELEM, DELTABLE
+    assert table._message_kinds(data) == [12, 14, 2]
+    assert not set(table._message_kinds(data[:-16])) & table._REMOVALS
