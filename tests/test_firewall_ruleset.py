@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from tportknockd.firewall.ruleset import (
     whole_seconds,
 )
 
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 SSH = DoorSpec("ssh", (DoorPort(TCP, 22, 22),), 30, prefix_v4=24, prefix_v6=64)
 WEB = DoorSpec("web", (DoorPort(TCP, 22, 22), DoorPort(TCP, 80, 80),
                        DoorPort(UDP, 1000, 1010)), 2.5)  # fmt: skip
@@ -219,5 +221,21 @@ def test_importing_the_firewall_loads_neither_ctypes_nor_the_library() -> None:
     code = ("import sys, tportknockd.firewall.table; "
             "print('ctypes' in sys.modules, tportknockd.firewall.libnftables._library)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={"PYTHONPATH": "src"}).stdout
+                         check=True, env={"PYTHONPATH": str(SOURCE)}).stdout
     assert out.split() == ["False", "None"]
+
+
+def test_the_watcher_counts_deletions_not_element_changes() -> None:
+    import struct
+    import sys
+
+    from tportknockd.firewall import table
+
+    def message(kind: int, payload: bytes = b"") -> bytes:
+        header = struct.pack("=IHHII", 16 + len(payload), (10 << 8) | kind, 0, 0, 0)
+        return header + payload + b"\0" * (-len(payload) % 4)
+
+    assert sys.byteorder in ("little", "big")
+    data = message(12, b"abc") + message(14) + message(2)  # NEWSETELEM, DELSETELEM, DELTABLE
+    assert table._message_kinds(data) == [12, 14, 2]
+    assert not set(table._message_kinds(data[:-16])) & table._REMOVALS

@@ -3,7 +3,9 @@ in the host's namespace and never touches its ruleset. Usage, with src on PYTHON
 
     ip netns exec NS python nft_probe.py COMMAND [JSON]
 
-Commands: install SPECS, open OPENINGS, list, remove, present, watch (print "ready", wait up
+Commands: install SPECS, open {"openings": OPENINGS, "readd": BOOL} (readd: delete + add
+whether or not the kernel refreshes timeouts), list, remove, present, refreshes,
+watch (print "ready", wait up
 to 10 s for a notification, then print whether drain() saw a deletion and present()), bench N.
 SPECS is a list of {"event", "ports": [[protocol, low, high], ...], "timeout", "prefix_v4",
 "prefix_v6"}; OPENINGS a list of {"spec": SPEC, "address": ADDRESS}. Each prints one JSON
@@ -71,7 +73,10 @@ def main(argv: list[str]) -> int:
             table.install([spec_of(spec) for spec in argument])
             result: Any = "ok"
         elif command == "open":
-            table.open([(spec_of(item["spec"]), item["address"]) for item in argument])
+            # In the daemon, install probes the kernel; here it ran in another process.
+            table.kernel_refreshes = not argument["readd"] and table.probe_refresh()
+            table.open([(spec_of(item["spec"]), item["address"])
+                        for item in argument["openings"]])
             result = "ok"
         elif command == "list":
             result = [door_json(door) for door in table.open_doors()]
@@ -80,6 +85,8 @@ def main(argv: list[str]) -> int:
             result = "ok"
         elif command == "present":
             result = table.present()
+        elif command == "refreshes":
+            result = table.probe_refresh()
         elif command == "watch":
             result = watch(table)
         elif command == "bench":

@@ -8,7 +8,8 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from tportknockd.firewall.libnftables import FirewallError, Nftables
 from tportknockd.firewall.ruleset import (
@@ -45,6 +46,14 @@ def _explained(action: str, error: FirewallError) -> FirewallError:
     return FirewallError(f"{action}: {reason}{suffix}")
 
 
+@contextmanager
+def _explaining(action: str) -> Iterator[None]:
+    try:
+        yield
+    except FirewallError as error:
+        raise _explained(action, error) from None
+
+
 class DoorTable:
     """The table `inet tportknockd`, through one libnftables context."""
 
@@ -57,56 +66,58 @@ class DoorTable:
         """Create the table for `specs`, or replace the one there, in one transaction; doors
         still open for events (and doors) that remain keep the time they have left."""
         try:
-            kept = self.open_doors() if self.present() else []
+            kept = self._open_doors() if self._present() else []
             self._nft.run_json(table_commands(specs, kept))
             if self.kernel_refreshes is None:
-                self.kernel_refreshes = self._probe_refresh()
+                self.probe_refresh()
         except FirewallError as error:
             raise _explained("cannot install the nftables table", error) from None
 
-    def _probe_refresh(self) -> bool:
-        """Whether this kernel gives an element a new timeout when it is added again."""
+    def probe_refresh(self) -> bool:
+        """Whether this kernel gives an element a new timeout when it is added again (the
+        table must be there); `open` then needs no delete + add (see open_commands)."""
         try:
             self._nft.run_json(refresh_probe_commands(1000))
             self._nft.run_json(refresh_probe_commands(2000))
             listing = self._nft.run_json([list_set_command(REFRESH_PROBE_SET)])
         finally:
             self._nft.run_json([delete_set_command(REFRESH_PROBE_SET)])
-        return element_timeouts(listing) == [2000]
+        self.kernel_refreshes = element_timeouts(listing) == [2000]
+        return self.kernel_refreshes
 
     def open(self, openings: Sequence[Opening]) -> None:
         """Open each spec's doors to each knocker, all in one transaction; a knocker whose
         doors are open already gets the whole timeout again."""
-        if not openings:
-            return
-        try:
-            self._nft.run_json(open_commands(openings, bool(self.kernel_refreshes)))
-        except FirewallError as error:
-            raise _explained("cannot open the doors", error) from None
+        if openings:
+            commands = open_commands(openings, bool(self.kernel_refreshes))
+            with _explaining("cannot open the doors"):
+                self._nft.run_json(commands)
 
     def open_doors(self) -> list[OpenDoor]:
         """The doors open now (none if the table is absent)."""
+        with _explaining("cannot list the doors"):
+            return self._open_doors()
+
+    def remove(self) -> None:
+        """Delete the table, and with it every open door; no error if it is absent."""
+        with _explaining("cannot remove the nftables table"):
+            self._nft.run_json(remove_commands())
+
+    def present(self) -> bool:
+        """Whether the table is in the kernel (listing the tables only: no elements)."""
+        with _explaining("cannot list the nftables tables"):
+            return self._present()
+
+    def _open_doors(self) -> list[OpenDoor]:
         try:
             return parse_open_doors(self._nft.run_json([list_command()]))
         except FirewallError as error:
             if "No such file or directory" in str(error):
-                return []
-            raise _explained("cannot list the doors", error) from None
+                return []  # no table, no doors
+            raise
 
-    def remove(self) -> None:
-        """Delete the table, and with it every open door; no error if it is absent."""
-        try:
-            self._nft.run_json(remove_commands())
-        except FirewallError as error:
-            raise _explained("cannot remove the nftables table", error) from None
-
-    def present(self) -> bool:
-        """Whether the table is in the kernel (listing the tables only: no elements)."""
-        try:
-            listing = self._nft.run_json([list_tables_command()])
-        except FirewallError as error:
-            raise _explained("cannot list the nftables tables", error) from None
-        return (FAMILY, TABLE) in table_names(listing)
+    def _present(self) -> bool:
+        return (FAMILY, TABLE) in table_names(self._nft.run_json([list_tables_command()]))
 
     def close(self) -> None:
         self._nft.close()
