@@ -54,6 +54,22 @@ def _explaining(action: str) -> Iterator[None]:
         raise _explained(action, error) from None
 
 
+#: CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
+CAP_NET_ADMIN = 12
+
+
+def may_administer_network() -> bool:
+    """Whether this process has CAP_NET_ADMIN in its effective set."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return True  # no /proc to ask: let the library try, and say what it says
+
+
 class DoorTable:
     """The table `inet tportknockd`, through one libnftables context."""
 
@@ -65,6 +81,11 @@ class DoorTable:
     def install(self, specs: Sequence[DoorSpec]) -> None:
         """Create the table for `specs`, or replace the one there, in one transaction; doors
         still open for events (and doors) that remain keep the time they have left."""
+        if not may_administer_network():
+            # Asked anyway, libnftables would print a line of its own on stderr.
+            raise FirewallError(
+                "cannot install the nftables table: Operation not permitted (needs CAP_NET_ADMIN)"
+            )
         try:
             kept = self._open_doors() if self._present() else []
             self._nft.run_json(table_commands(specs, kept))
