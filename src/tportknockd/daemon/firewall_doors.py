@@ -40,15 +40,21 @@ def _spec(event: Event) -> DoorSpec:
 class FirewallDoors:
     """The table, installed; each knock of a door event opens its door."""
 
-    def __init__(self, config: Config, counters: Counters) -> None:
+    def __init__(
+        self,
+        config: Config,
+        counters: Counters,
+        table: DoorTable | None = None,
+        watcher: RulesetWatcher | None = None,
+    ) -> None:
         """Install the table for `config` (FirewallError: one line saying why, nothing left
         half-installed: the install is one transaction)."""
         self.counters = counters
-        self.table = DoorTable()
+        self.table = table or DoorTable()
         self._specs: dict[str, DoorSpec] = {}
         try:
             self.follow(config)
-            self.watcher = RulesetWatcher()
+            self.watcher = watcher or RulesetWatcher()
         except BaseException:
             self.table.close()
             raise

@@ -36,7 +36,6 @@ from tportknockd.daemon.matching import ENGINES, EngineError, Matching, choose
 from tportknockd.daemon.sequencer import Sequencer, frames_of
 from tportknockd.daemon.signals import SignalInbox
 from tportknockd.daemon.systemd import notify_systemd
-from tportknockd.firewall.libnftables import FirewallError
 
 if TYPE_CHECKING:  # imported when an event has a door
     from tportknockd.daemon.firewall_doors import FirewallDoors
@@ -108,11 +107,8 @@ class Daemon:
         """Close the door ports, choose the engine, open the captures; StartupError with a
         line fit for the user."""
         self.sequencer.start(self.apply)
-        try:
-            # Before any capture: a start-up that fails later leaves the ports closed.
-            self._guard_doors(self.config)
-        except FirewallError as exc:
-            raise StartupError(str(exc)) from None
+        # Before any capture: a start-up that fails later leaves the ports closed.
+        self._guard_doors(self.config)
         try:
             self.matching = choose(
                 self.options.engine,
@@ -135,16 +131,20 @@ class Daemon:
         self.interfaces.start()
 
     def _guard_doors(self, config: Config) -> None:
-        """Install, replace or empty the door table for `config` (FirewallError says why)."""
-        if self.firewall is not None:
-            self.firewall.follow(config)
-            return
-        if not any(event.door for event in config.events):
+        """Install, replace or empty the door table for `config`; StartupError says why
+        (the table is replaced in one transaction: on failure the old one stands)."""
+        if self.firewall is None and not any(event.door for event in config.events):
             return
         # Imported only for doors: a daemon without them loads no libnftables.
-        from tportknockd.daemon.firewall_doors import FirewallDoors
+        from tportknockd.daemon.firewall_doors import FirewallDoors, FirewallError
 
-        self.firewall = FirewallDoors(config, self.counters)
+        try:
+            if self.firewall is not None:
+                self.firewall.follow(config)
+                return
+            self.firewall = FirewallDoors(config, self.counters)
+        except FirewallError as exc:
+            raise StartupError(str(exc)) from None
         self.doors.kinds.insert(0, self.firewall)  # the door opens before the command runs
         self._watch(self.firewall.fileno(), self.firewall.on_ruleset_change)
 
@@ -271,15 +271,18 @@ class Daemon:
         schedule = Schedule(config)
         live = schedule.live(time.time())
         try:
-            self._guard_doors(config)  # one transaction: on failure the old table stands
-        except FirewallError as exc:
+            self._guard_doors(config)
+        except StartupError as exc:
             log.error("reload rejected: %s; keeping the current configuration", exc)
             return
         try:
             self.apply(live, config)
         except ValueError as exc:
-            self._guard_doors(self.config)
             log.error("reload rejected: kernel filter: %s; keeping the current configuration", exc)
+            try:
+                self._guard_doors(self.config)
+            except StartupError as again:
+                log.error("the door table could not be put back as it was: %s", again)
             return
         for warning in config.warnings:
             log.warning("%s", warning)
