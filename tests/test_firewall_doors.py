@@ -41,6 +41,9 @@ class FakeTable:
     def present(self) -> bool:
         return self.here
 
+    def open_doors(self) -> list[object]:
+        return [object() for batch in self.opened for _ in batch]
+
     def close(self) -> None:
         pass
 
@@ -115,3 +118,9 @@ def test_a_reload_replaces_the_specs() -> None:
     kind.follow(parse_config("<ssh>\n sequence = udp:1\n timeout = 5\n door = udp:5-9\n</ssh>\n"))
     [new] = table.installed[-1]
     assert new.ports == (DoorPort(17, 5, 9),) and new.prefix_v4 == 32
+
+
+def test_the_statistics_count_the_doors_the_kernel_has() -> None:
+    kind, _, _, _ = doors()
+    kind.opened([RunStart("ssh", A, None), RunStart("ssh", B, None)], None)
+    assert kind.summary() == "table_doors_open=2"

@@ -92,6 +92,14 @@ class FirewallDoors:
     def closed(self, stops: Sequence[RunStop]) -> None:
         pass  # each door closes at its kernel timeout
 
+    def summary(self) -> str:
+        """For the statistics line: the doors open now, as the kernel has them."""
+        try:
+            return f"table_doors_open={len(self.table.open_doors())}"
+        except FirewallError as exc:
+            log.warning("%s", exc)
+            return "table_doors_open=?"
+
     # -- someone else's changes to the ruleset ----------------------------------------------
 
     def fileno(self) -> int:

@@ -297,8 +297,10 @@ class Daemon:
             len(self.engine.open_doors()),
             self.interfaces.open_resyncs(),
         )
-        matching = self.matching.summary()
-        log.info("statistics: %s", f"{summary} {matching}" if matching else summary)
+        extra = [self.matching.summary()]
+        if self.firewall is not None:
+            extra.append(self.firewall.summary())
+        log.info("statistics: %s", " ".join([summary, *filter(None, extra)]))
 
     # -- the end --------------------------------------------------------------------------
 
