@@ -278,9 +278,6 @@ class _EventBuilder:
             one_time_list=one_time_list,
         )
 
-    def _report(self, line: int, message: str) -> None:
-        self._error(line, message)
-
     def _error(self, line: int, message: str) -> None:
         self.failed = True
         self.problems.add(line, message)
@@ -320,13 +317,13 @@ class _EventBuilder:
         return given[0] if len(given) == 1 else None
 
     def _otp(self) -> OtpSpec | None:
-        spec = parse_otp(self.block.settings, self._report)
+        spec = parse_otp(self.block.settings, self._error)
         if spec is None:
             self.failed = True
         return spec
 
     def _list(self) -> OneTimeList | None:
-        one_time_list = parse_list(self.block.settings[LIST_KEY], self._report)
+        one_time_list = parse_list(self.block.settings[LIST_KEY], self._error)
         if one_time_list is None:
             self.failed = True
         return one_time_list
