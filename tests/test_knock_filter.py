@@ -6,7 +6,6 @@ import ipaddress
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -429,26 +428,6 @@ def test_too_big_a_config_is_refused() -> None:
     frames = [Frame(UDP_, port, None) for port in range(1, 5000)]
     with pytest.raises(ValueError, match="4096"):
         knock_filter.compile_filter(frames, [SERVER_V4])
-
-
-# -- pack ------------------------------------------------------------------------------------
-
-
-def test_pack_layout() -> None:
-    program = [(0x15, 1, 2, 0x86DD), (0x06, 0, 0, 0xFFFFFFFF)]
-    packed = classic.pack(program)
-    assert len(packed) == 16
-    assert list(struct.iter_unpack("=HBBI", packed)) == program
-    native = sys.byteorder
-    assert packed[:2] == (0x15).to_bytes(2, native)
-    assert packed[2:4] == bytes([1, 2])
-    assert packed[4:8] == (0x86DD).to_bytes(4, native)
-
-
-@pytest.mark.parametrize("insn", [(0x15, 256, 0, 0), (0x15, 0, -1, 0), (0x06, 0, 0, 1 << 32)])
-def test_pack_refuses_what_does_not_fit(insn: classic.Insn) -> None:
-    with pytest.raises(ValueError, match="instruction 1"):
-        classic.pack([(0x06, 0, 0, 0), insn])
 
 
 # -- the kernel accepts what is compiled (no packets: a UDP socket that is never bound) --------
