@@ -21,17 +21,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tportknockd"
 #: syntax, onetime, matching) is at the bottom, the command line at the top.
 ALLOWED: dict[str, set[str]] = {
     "model": set(),
+    "files": set(),
     "frame_syntax": {"model"},
     "bpf": set(),
-    "onetime": {"model", "frame_syntax"},
+    "onetime": {"model", "frame_syntax", "files"},
     "matching": {"model", "frame_syntax", "onetime"},
     "config": {"model", "frame_syntax", "onetime"},
     "capture": {"model", "bpf", "matching"},
     "kernel": {"model", "bpf", "capture", "matching"},
-    "daemon": {"model", "frame_syntax", "bpf", "onetime", "matching", "config", "capture",
-               "kernel"},
+    "daemon": {"model", "files", "frame_syntax", "bpf", "onetime", "matching", "config",
+               "capture", "kernel"},
     "cli": {"model", "capture", "matching", "config", "daemon"},
-    "client": {"model", "frame_syntax", "onetime", "config"},
+    "client": {"model", "files", "frame_syntax", "onetime", "config"},
     "__init__": set(),
     "__main__": {"cli"},
 }  # fmt: skip
