@@ -1,8 +1,8 @@
 """The one-time door of scenario f, and the frame an eavesdropper would flood it with.
 
 One event per knocking user, each with a secret of its own: a window's sequence opens once,
-for one address, so users sharing an event could not all open within a window (docs/one-time-knocks.md's
-advice for several users). Secrets go to the bench's working directory, mode 600 (the daemon
+for one address, so users sharing an event could not all open within a window (the advice of
+docs/one-time-knocks.md for several users). Secrets go to the bench's working directory, mode 600 (the daemon
 refuses a secret that others may read).
 
 The flood's frame is the first frame of the previous window's sequence, derived with the
