@@ -2,8 +2,8 @@
 
 One event per knocking user, each with a secret of its own: a window's sequence opens once,
 for one address, so users sharing an event could not all open within a window (the advice of
-docs/one-time-knocks.md for several users). Secrets go to the bench's working directory, mode 600 (the daemon
-refuses a secret that others may read).
+docs/one-time-knocks.md for several users). Secrets go to the bench's working directory,
+mode 600 (the daemon refuses a secret that others may read).
 
 The flood's frame is the first frame of the previous window's sequence, derived with the
 project's own `tportknockd.onetime.derivation` from the config the daemon runs: what someone
