@@ -1,9 +1,9 @@
 """The one-time door of scenario f, and the frame an eavesdropper would flood it with.
 
 One event per knocking user, each with a secret of its own: a window's sequence opens once,
-for one address, so users sharing an event could not all open within a window (the README's
-advice for several users). Secrets go to the bench's working directory, mode 600 (the daemon
-refuses a secret that others may read).
+for one address, so users sharing an event could not all open within a window (the advice of
+docs/one-time-knocks.md for several users). Secrets go to the bench's working directory,
+mode 600 (the daemon refuses a secret that others may read).
 
 The flood's frame is the first frame of the previous window's sequence, derived with the
 project's own `tportknockd.onetime.derivation` from the config the daemon runs: what someone
@@ -32,7 +32,7 @@ def secret_path(workdir: Path, user: int) -> Path:
 
 
 def write_secret(path: Path) -> None:
-    """32 random bytes in base64 (the README's recipe), readable by the owner only."""
+    """32 random bytes in base64 (docs/one-time-knocks.md's recipe), readable by the owner."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as stream:

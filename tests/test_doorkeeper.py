@@ -35,7 +35,7 @@ class RecordingRunner:
         self.calls: list[tuple[str, str, list[str]]] = []
 
     def run(self, label: str, command: str, address: str, key: Hashable | None = None) -> None:
-        doors = [d.address for d in state.load(str(self.state_file))]
+        doors = [d.address for d in state.load_all(str(self.state_file))[0]]
         self.calls.append((label.split()[-1], address, doors))
 
 
@@ -80,7 +80,7 @@ def test_door_is_forgotten_once_its_stop_has_run(doors: Doorkeeper, tmp_path: Pa
     # Still recorded while the stop starts (a crash now repeats the stop, never skips it)...
     assert doors.kinds[0].runner.calls[-1] == ("stop", A, [A])  # type: ignore[attr-defined]
     # ...and forgotten right after.
-    assert state.load(str(tmp_path / "doors.json")) == []
+    assert state.load_all(str(tmp_path / "doors.json"))[0] == []
 
 
 def test_restore_closes_due_doors_and_reschedules_the_rest(
@@ -96,7 +96,7 @@ def test_restore_closes_due_doors_and_reschedules_the_rest(
     )
     doors.restore()
     assert doors.kinds[0].runner.calls == [("stop", A, [A, "2001:db8::7"])]  # type: ignore[attr-defined]
-    assert [d.address for d in state.load(str(tmp_path / "doors.json"))] == ["2001:db8::7"]
+    assert [d.address for d in state.load_all(str(tmp_path / "doors.json"))[0]] == ["2001:db8::7"]
     open_doors = doors.engine.open_doors()
     assert [(d.address, round(d.due - time.monotonic())) for d in open_doors] == [
         ("2001:db8::7", 20)

@@ -36,6 +36,11 @@ V6 = "2001:db8::7"
 HOST = "198.51.100.1"
 
 
+def matches(frame: Frame, protocol: int, port: int, flags: int) -> bool:
+    """Whether a packet with these fields is this frame (UDP packets carry flags 0)."""
+    return (protocol, port) == (frame.protocol, frame.port) and flags in frame.flag_bytes()
+
+
 def tcp(port: int, flags: int | None = 0) -> Frame:
     return Frame(PROTO_TCP, port, flags)
 
@@ -299,7 +304,7 @@ def _reference(frames: tuple[Frame, ...], timeout: float, seq: list[tuple[Packet
     fires = 0
     matched, started = 0, 0.0
     for p, now in seq:
-        m = [f.matches(p.protocol, p.port, p.flags) for f in frames]
+        m = [matches(f, p.protocol, p.port, p.flags) for f in frames]
         if matched and now - started > timeout:
             matched = 0
         if matched == 0:

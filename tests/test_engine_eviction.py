@@ -39,6 +39,11 @@ from tportknockd.model import (
 C = "198.51.100.9"
 
 
+def matches(frame: Frame, protocol: int, port: int, flags: int) -> bool:
+    """Whether a packet with these fields is this frame (UDP packets carry flags 0)."""
+    return (protocol, port) == (frame.protocol, frame.port) and flags in frame.flag_bytes()
+
+
 def spoofed(index: int) -> str:
     """One of 198.18.0.0/15's addresses."""
     return f"198.18.{index >> 8 & 0xFF}.{index & 0xFF}"
@@ -267,7 +272,7 @@ class Literal:
 
     def feed(self, p: Packet, now: float) -> None:
         for index, ev in enumerate(self.events):
-            m = [f.matches(p.protocol, p.port, p.flags) for f in ev.frames]
+            m = [matches(f, p.protocol, p.port, p.flags) for f in ev.frames]
             if not any(m):
                 continue
             key = (index, p.src)

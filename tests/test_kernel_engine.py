@@ -18,11 +18,9 @@ the clock itself with real sleeps.
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import select
-import socket
 import struct
 import subprocess
 import sys
@@ -46,9 +44,6 @@ from tportknockd.kernel.matcher import (
     CapacityError,
     KernelMatcher,
     KnockSequence,
-    capacity_for,
-    explain,
-    frame_table,
 )
 from tportknockd.model import (
     ACK,
@@ -60,7 +55,6 @@ from tportknockd.model import (
     RST,
     SYN,
     URG,
-    Config,
     Event,
     Frame,
     address_bytes,
@@ -634,55 +628,7 @@ def test_attached_to_a_packet_socket() -> None:
     assert knocks == 6 and packets >= 6
 
 
-# -- without the kernel ------------------------------------------------------------------------
-
-
-def test_frame_table_matches_the_engines_masks() -> None:
-    from tportknockd.matching.engine import _frame_masks
-    from tportknockd.matching.sequences import static_sequences
-
-    events = (event("a", *SEED_SSH), event("b", *SEED_VPN), event("c", *SEED_FLAGS))
-    numbered = [(n + 1, KnockSequence(e.name, e.frames, e.timeout)) for n, e in enumerate(events)]
-    table = frame_table(numbered, Capacity())
-    masks = _frame_masks(static_sequences(Config("x", events)))
-    assert len(table) == len(masks)
-    for (protocol, port, flags), hits in masks.items():
-        value = table[kp.frame_key(protocol, port, flags)]
-        (count,) = kp.FRAME_VALUE_HEAD.unpack_from(value)
-        decoded = [kp.HIT.unpack_from(value, kp.FRAME_VALUE_HEAD.size + kp.HIT.size * i)
-                   for i in range(count)]  # fmt: skip
-        assert [(number - 1, mask) for _, mask, number, _ in decoded] == list(hits)
-        for timeout_ns, _, number, length in decoded:
-            assert timeout_ns == 10_125_000_000
-            assert length == len(events[number - 1].frames)
-
-
-def test_capacity_grows_to_fit() -> None:
-    crowd = [KnockSequence(i, (udp(1), udp(i + 2)), 10) for i in range(20)]
-    grown = capacity_for(crowd)
-    assert grown.max_hits == 32 and grown.frame_keys == Capacity().frame_keys
-    wide = [KnockSequence("wide", tuple(tcp(p, None) for p in range(60)), 10)]
-    assert capacity_for(wide).frame_keys == 2 * 60 * 256
-    assert capacity_for([]) == Capacity()
-    numbered = list(enumerate(crowd, 1))
-    with pytest.raises(CapacityError):
-        frame_table(numbered, Capacity())
-    assert len(frame_table(numbered, grown)) == 21
-
-
-def test_keys_keep_families_apart() -> None:
-    v4 = address_bytes("198.51.100.7")
-    assert kp.attempt_key(1, v4) != kp.attempt_key(1, v4 + bytes(12))
-    assert kp.decode_record(kp.attempt_key(5, v4) + kp.RECORD_TAIL.pack(3)) == (5, v4, 3)
-    v6 = address_bytes(A6)
-    assert kp.decode_record(kp.attempt_key(7, v6)) == (7, v6, 0)
-    link_local = socket.inet_pton(socket.AF_INET6, "fe80::1")
-    assert kp.local_key("fe80::1") == kp.LOCAL_KEY.pack(link_local, 6, 0)  # every interface
-    assert kp.local_key("fe80::1%7") == kp.LOCAL_KEY.pack(link_local, 6, 7)
-    assert kp.local_key("fe80::1%lo") == kp.LOCAL_KEY.pack(link_local, 6, 1)
-    assert kp.local_key("2001:db8::1%lo") == kp.local_key("2001:db8::1")  # not link-local
-    with pytest.raises(ValueError, match="no interface 'nosuchdev'"):
-        kp.local_key("fe80::1%nosuchdev")
+# -- link-local destinations -------------------------------------------------------------------
 
 
 def test_a_link_local_destination_counts_on_its_own_interface_only(
@@ -697,26 +643,3 @@ def test_a_link_local_destination_counts_on_its_own_interface_only(
         matcher.set_local_addresses([address])
         matcher.program.test_run(knock)
         assert bool(matcher.completions()) is completes, address
-
-
-def test_the_python_engine_path_does_not_import_ctypes() -> None:
-    code = ("import sys, tportknockd.cli, tportknockd.kernel.matcher; "
-            "print('ctypes' in sys.modules)")  # fmt: skip
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root / "src")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True)  # fmt: skip
-    assert out.stdout.strip() == "False"
-
-
-def test_reasons_for_falling_back() -> None:
-    assert "CAP_BPF" in explain(PermissionError(errno.EPERM, "Operation not permitted"))
-    assert "5.11" in explain(syscalls.BpfError(errno.EINVAL, "Invalid argument"))
-    refused = syscalls.VerifierError(errno.EACCES, "0: R1=ctx() R10=fp0\nthe whole log")
-    assert explain(refused).endswith("0: R1=ctx() R10=fp0\nthe whole log")
-    assert explain(CapacityError("17 sequences share a frame")) == "17 sequences share a frame"
-
-
-def test_socket_filter_attach_needs_a_loaded_program() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(OSError):
-        syscalls.Program(fd=sock.fileno()).attach(sock)  # not a BPF program's descriptor

@@ -1,6 +1,6 @@
 """The kernel engine's table of fresh attempts, against a literal model of it.
 
-kernel_program.py keeps attempts with one frame matched in buckets of FRESH_WAYS slots, the
+kernel/program.py keeps attempts with one frame matched in buckets of FRESH_WAYS slots, the
 bucket chosen by a seeded hash; a new attempt takes the bucket's first free slot, or else the
 slot of its oldest attempt. The model below says exactly that, in Python, and the table read
 back from the kernel after every packet must hold the same attempts in the same slots.

@@ -6,7 +6,7 @@ import select
 
 import pytest
 
-from test_capture import PACKET_HOST, fill_block, ring_capture, udp_frame
+from test_ring import PACKET_HOST, fill_block, ring_capture, udp_frame
 from tportknockd.capture import netif
 from tportknockd.capture.listener import EMPTY_WAKEUPS_BEFORE_CHECK, Listener
 from tportknockd.capture.statistics import Counters

@@ -6,15 +6,14 @@ from tportknockd.capture import netif
 
 
 def test_loopback_is_listed_with_its_addresses() -> None:
-    lo = netif.find_interface("lo")
-    assert lo is not None
+    (lo,) = [link for link in netif.list_interfaces() if link.name == "lo"]
     assert lo.index == 1 and "127.0.0.1" in lo.addresses
     assert lo.loopback and lo.framing == "ethernet"  # lo has an all-zero Ethernet header
-    assert any(link.name == "lo" for link in netif.list_interfaces())
 
 
-def test_unknown_interface_is_none() -> None:
-    assert netif.find_interface("no-such-if0") is None
+def test_interfaces_come_in_index_order_each_once() -> None:
+    indexes = [link.index for link in netif.list_interfaces()]
+    assert indexes == sorted(set(indexes))
 
 
 def test_change_watcher_has_nothing_to_say_when_nothing_changed() -> None:

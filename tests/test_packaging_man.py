@@ -190,8 +190,6 @@ def _examples() -> list[str]:
 @pytest.mark.parametrize("example", _examples(), ids=lambda block: block.split(">")[0][1:])
 def test_config_examples_parse(example: str, tmp_path: Path) -> None:
     if "otp_secret" in example:
-        if "otp_secret" not in _config_keys():
-            pytest.xfail("one-time sequences (issue 7) are documented ahead of the code")
         secret = tmp_path / "ssh.key"
         secret.write_text("correct horse battery staple 42\n")
         secret.chmod(0o600)

@@ -73,6 +73,13 @@ def test_unprivileged_user_with_three_ambient_capabilities() -> None:
     assert unit_value("ProtectSystem") == "strict"
 
 
+def test_a_notify_service_that_keeps_its_state_and_restarts() -> None:
+    assert unit_value("Type") == "notify"  # the daemon calls sd_notify (daemon/systemd.py)
+    assert " -D" not in unit_value("ExecStart")  # in the foreground, as Type=notify wants
+    assert unit_value("StateDirectory") == "tportknockd"  # the state file of open doors
+    assert unit_value("Restart") == "on-failure"
+
+
 def test_full_root_dropin_undoes_every_restriction(tmp_path: Path) -> None:
     restrictions = {key for key, _ in unit_settings()} - OPERATIONAL
     relaxed = {key for key, _ in unit_settings(FULL_ROOT_DROPIN)}

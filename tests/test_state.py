@@ -1,9 +1,8 @@
-"""The open-doors state file, and the systemd notification."""
+"""The open-doors state file."""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from tportknockd.daemon import state
 from tportknockd.daemon.state import SavedDoor
-from tportknockd.daemon.systemd import notify_systemd
+from tportknockd.files import TEMPORARY_SUFFIX
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -22,15 +21,15 @@ def test_round_trip(tmp_path: Path) -> None:
         SavedDoor("ssh", "2001:db8::7", 1_800_000_001.0, "close %IP%", 30.0),
     ]
     state.save(path, doors)
-    assert state.load(path) == doors
+    assert state.load_all(path)[0] == doors
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    assert not os.path.exists(path + ".tmp")
+    assert not os.path.exists(path + TEMPORARY_SUFFIX)
     state.save(path, [])
-    assert state.load(path) == []
+    assert state.load_all(path)[0] == []
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
-    assert state.load(str(tmp_path / "none.json")) == []
+    assert state.load_all(str(tmp_path / "none.json"))[0] == []
 
 
 @pytest.mark.parametrize(
@@ -51,7 +50,7 @@ def test_bad_file_is_reported_and_set_aside(tmp_path: Path, content: bytes) -> N
     path = tmp_path / "doors.json"
     path.write_bytes(content)
     with pytest.raises(state.StateError):
-        state.load(str(path))
+        state.load_all(str(path))
     aside = state.set_aside(str(path))
     assert not path.exists()
     assert Path(aside).read_bytes() == content
@@ -65,35 +64,9 @@ def test_any_content_loads_or_raises_state_error(
     path = tmp_path_factory.mktemp("s") / "doors.json"
     path.write_bytes(content)
     try:
-        state.load(str(path))
+        state.load_all(str(path))
     except state.StateError:
         pass
-
-
-def test_notify_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    address = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(address)
-        monkeypatch.setenv("NOTIFY_SOCKET", address)
-        assert notify_systemd("READY=1")
-        assert listener.recv(100) == b"READY=1"
-    monkeypatch.delenv("NOTIFY_SOCKET")
-    assert not notify_systemd("READY=1")
-
-
-def test_systemd_unit_runs_least_privilege_foreground() -> None:
-    unit = (Path(__file__).parent.parent / "packaging" / "tportknockd.service").read_text()
-    settings_ = dict(
-        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
-    )
-    assert settings_["Type"] == "notify"
-    assert set(settings_["CapabilityBoundingSet"].split()) == {
-        "CAP_NET_RAW", "CAP_BPF", "CAP_NET_ADMIN"
-    }
-    assert settings_["ProtectSystem"] == "strict"
-    assert settings_["StateDirectory"] == "tportknockd"
-    assert settings_["Restart"] == "on-failure"
-    assert " -D" not in settings_["ExecStart"]
 
 
 def test_a_state_file_others_could_write_is_not_trusted(tmp_path: Path) -> None:
@@ -101,7 +74,7 @@ def test_a_state_file_others_could_write_is_not_trusted(tmp_path: Path) -> None:
     state.save(str(path), [SavedDoor("ssh", "198.51.100.7", 1.0, "close %IP%", 30.0)])
     path.chmod(0o666)  # its stop commands would run as root: nobody else may write them
     with pytest.raises(state.StateError, match="writable by group or others"):
-        state.load(str(path))
+        state.load_all(str(path))
 
 
 def test_a_state_file_owned_by_someone_else_is_not_trusted(tmp_path: Path) -> None:
@@ -111,7 +84,7 @@ def test_a_state_file_owned_by_someone_else_is_not_trusted(tmp_path: Path) -> No
     state.save(str(path), [])
     os.chown(path, 65534, 65534)
     with pytest.raises(state.StateError, match="owned by uid 65534"):
-        state.load(str(path))
+        state.load_all(str(path))
 
 
 def test_burns_round_trip_and_old_files_have_none(tmp_path: Path) -> None:
@@ -120,7 +93,6 @@ def test_burns_round_trip_and_old_files_have_none(tmp_path: Path) -> None:
     burns = [state.SavedBurn("ssh", "198.51.100.7", 60000000, "tcp:42623:s udp:26834")]
     state.save(path, [door], burns)
     assert state.load_all(path) == ([door], burns)
-    assert state.load(path) == [door]
     Path(path).write_text('{"version": 1, "doors": []}')
     assert state.load_all(path) == ([], [])
 

@@ -11,13 +11,14 @@ from tportknockd.capture.statistics import Counters
 
 
 def test_summary_names_every_counter() -> None:
-    c = Counters(packets=3, malformed=1, not_local=2, fired=1, replays=2, ring_resyncs=4)
+    c = Counters(packets=3, malformed=1, not_local=2, fired=1, replays=2, ring_resyncs=4,
+                 door_failures=8)
     c.add_kernel("knk0", Stats(packets=6, drops=0))
     line = c.summary(attempts=7, open_doors=1, open_resyncs=1)
     assert dict(re.findall(r"(\w+)=(\d+)", line)) == {
         "kernel_packets": "6", "kernel_drops": "0", "packets": "3", "malformed": "1",
         "not_local": "2", "attempts": "7", "open_doors": "1", "fired": "1", "ring_resyncs": "5",
-        "replays": "2",
+        "replays": "2", "door_failures": "8",
     }
 
 

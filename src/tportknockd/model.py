@@ -80,12 +80,6 @@ class Frame:
             return range(256)
         return (self.flags,)
 
-    def matches(self, protocol: int, port: int, flags: int) -> bool:
-        """Does a packet with these fields satisfy this frame?"""
-        if protocol != self.protocol or port != self.port:
-            return False
-        return self.flags is None or flags == self.flags
-
 
 class FrameKind(NamedTuple):
     """A frame without its port: what a one-time sequence may draw (`tcp:s`, `udp`)."""

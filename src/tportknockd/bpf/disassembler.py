@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 
-from tportknockd.bpf import ebpf_assembler as ebpf
 from tportknockd.bpf.classic import (
     BPF_A,
     BPF_ABS,
@@ -132,6 +131,19 @@ def _alu_mnemonic(code: int, k: int) -> tuple[str, str]:
 
 _INSN = struct.Struct("=BBhi")
 _SLOT = _INSN.size
+
+
+class _EBPF:
+    """The encoding, as bpf/ebpf_assembler.py writes it. Not imported from there: the Python
+    engine's start-up imports this module for the classic listing, and the assembler is the
+    kernel engine's alone (tests/test_disassembler.py reads back every operation it writes)."""
+
+    LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
+    W, H, B, DW = 0x00, 0x08, 0x10, 0x18
+    IMM, ABS, IND, MEM = 0x00, 0x20, 0x40, 0x60
+    X = 0x08
+    PSEUDO_MAP_FD = 1
+
 _BPF_MEMSX, _BPF_ATOMIC = 0x80, 0xC0
 _BPF_FETCH, _BPF_XCHG, _BPF_CMPXCHG = 0x01, 0xE1, 0xF1
 _BPF_NEG, _BPF_END, _BPF_MOV, _BPF_DIV, _BPF_MOD = 0x80, 0xD0, 0xB0, 0x30, 0x90
@@ -149,8 +161,8 @@ _EBPF_JUMPS = {
 }  # fmt: skip
 _ATOMIC_OPS = {0x00: "add", 0x40: "or", 0x50: "and", 0xA0: "xor"}
 _BITWISE = {"&", "|", "^"}  # their immediates read best in hex
-_UNSIGNED = {ebpf.BPF_B: "u8", ebpf.BPF_H: "u16", ebpf.BPF_W: "u32", ebpf.BPF_DW: "u64"}
-_SIGNED = {ebpf.BPF_B: "s8", ebpf.BPF_H: "s16", ebpf.BPF_W: "s32"}
+_UNSIGNED = {_EBPF.B: "u8", _EBPF.H: "u16", _EBPF.W: "u32", _EBPF.DW: "u64"}
+_SIGNED = {_EBPF.B: "s8", _EBPF.H: "s16", _EBPF.W: "s32"}
 
 
 def disassemble_ebpf(code: bytes) -> str:
@@ -167,7 +179,7 @@ def _ebpf_lines(code: bytes) -> Iterator[tuple[int, str]]:
     while slot < slots:
         opcode, regs, off, imm = _INSN.unpack_from(code, slot * _SLOT)
         dst, src = regs & 0x0F, regs >> 4
-        if opcode == ebpf.BPF_LD | ebpf.BPF_DW | ebpf.BPF_IMM:
+        if opcode == _EBPF.LD | _EBPF.DW | _EBPF.IMM:
             if slot + 1 == slots:
                 yield slot, "unknown: a 64-bit load without its second slot"
                 return
@@ -181,15 +193,15 @@ def _ebpf_lines(code: bytes) -> Iterator[tuple[int, str]]:
 
 def _ebpf_insn(slot: int, opcode: int, dst: int, src: int, off: int, imm: int) -> str:
     cls = opcode & 0x07
-    if cls in (ebpf.BPF_ALU, ebpf.BPF_ALU64):
+    if cls in (_EBPF.ALU, _EBPF.ALU64):
         return _ebpf_alu(opcode, dst, src, off, imm)
-    if cls in (ebpf.BPF_JMP, ebpf.BPF_JMP32):
+    if cls in (_EBPF.JMP, _EBPF.JMP32):
         return _ebpf_jump(slot, opcode, dst, src, off, imm)
-    if cls == ebpf.BPF_LDX:
+    if cls == _EBPF.LDX:
         return _ebpf_load(opcode, dst, src, off)
-    if cls in (ebpf.BPF_ST, ebpf.BPF_STX):
+    if cls in (_EBPF.ST, _EBPF.STX):
         return _ebpf_store(opcode, dst, src, off, imm)
-    if cls == ebpf.BPF_LD:
+    if cls == _EBPF.LD:
         return _ebpf_packet_load(opcode, src, imm)
     return _unknown(opcode)
 
@@ -214,8 +226,8 @@ def _address(base: int, off: int) -> str:
 
 
 def _ebpf_alu(opcode: int, dst: int, src: int, off: int, imm: int) -> str:
-    bits = 64 if opcode & 0x07 == ebpf.BPF_ALU64 else 32
-    op, x = opcode & 0xF0, opcode & ebpf.BPF_X
+    bits = 64 if opcode & 0x07 == _EBPF.ALU64 else 32
+    op, x = opcode & 0xF0, opcode & _EBPF.X
     target = _reg(dst, bits)
     if op == _BPF_NEG:
         return f"{target} = -{target}"
@@ -239,7 +251,7 @@ def _byte_swap(bits: int, to_big: int, dst: int, width: int) -> str:
 
 
 def _ebpf_jump(slot: int, opcode: int, dst: int, src: int, off: int, imm: int) -> str:
-    bits = 64 if opcode & 0x07 == ebpf.BPF_JMP else 32
+    bits = 64 if opcode & 0x07 == _EBPF.JMP else 32
     op = opcode & 0xF0
     if op == _BPF_JA:
         distance = off if bits == 64 else imm  # JMP32 | JA: gotol, its offset in imm
@@ -251,7 +263,7 @@ def _ebpf_jump(slot: int, opcode: int, dst: int, src: int, off: int, imm: int) -
     symbol = _EBPF_JUMPS.get(op)
     if symbol is None:
         return _unknown(opcode)
-    operand = _reg(src, bits) if opcode & ebpf.BPF_X else _number(imm, symbol in _BITWISE)
+    operand = _reg(src, bits) if opcode & _EBPF.X else _number(imm, symbol in _BITWISE)
     return f"if {_reg(dst, bits)} {symbol} {operand} goto {_jump_target(slot, off)}"
 
 
@@ -264,15 +276,17 @@ def _call(slot: int, src: int, imm: int) -> str:
         return f"call pc{_jump_target(slot, imm)}"
     if src == _BPF_PSEUDO_KFUNC_CALL:
         return f"call kfunc {imm}"
+    from tportknockd.bpf.ebpf_assembler import Helper  # loaded already where eBPF is listed
+
     try:
-        return f"call {imm} ({ebpf.Helper(imm).name.lower()})"
+        return f"call {imm} ({Helper(imm).name.lower()})"
     except ValueError:
         return f"call {imm}"
 
 
 def _ebpf_load(opcode: int, dst: int, src: int, off: int) -> str:
     mode, size = opcode & 0xE0, opcode & 0x18
-    if mode == ebpf.BPF_MEM:
+    if mode == _EBPF.MEM:
         return f"r{dst} = *({_UNSIGNED[size]} *){_address(src, off)}"
     if mode == _BPF_MEMSX and size in _SIGNED:
         return f"r{dst} = *({_SIGNED[size]} *){_address(src, off)}"
@@ -282,10 +296,10 @@ def _ebpf_load(opcode: int, dst: int, src: int, off: int) -> str:
 def _ebpf_store(opcode: int, dst: int, src: int, off: int, imm: int) -> str:
     mode, size = opcode & 0xE0, opcode & 0x18
     where = f"({_UNSIGNED[size]} *){_address(dst, off)}"
-    if mode == ebpf.BPF_MEM:
-        value = f"r{src}" if opcode & 0x07 == ebpf.BPF_STX else _number(imm)
+    if mode == _EBPF.MEM:
+        value = f"r{src}" if opcode & 0x07 == _EBPF.STX else _number(imm)
         return f"*{where} = {value}"
-    if mode == _BPF_ATOMIC and opcode & 0x07 == ebpf.BPF_STX and size in (ebpf.BPF_W, ebpf.BPF_DW):
+    if mode == _BPF_ATOMIC and opcode & 0x07 == _EBPF.STX and size in (_EBPF.W, _EBPF.DW):
         return _atomic(opcode, size, where, src, imm)
     return _unknown(opcode)
 
@@ -293,7 +307,7 @@ def _ebpf_store(opcode: int, dst: int, src: int, off: int, imm: int) -> str:
 def _atomic(opcode: int, size: int, where: str, src: int, imm: int) -> str:
     """BPF_ATOMIC: the operation is in the immediate, BPF_FETCH returns the old value in src
     (in R0 for a compare-and-exchange)."""
-    prefix = "atomic64" if size == ebpf.BPF_DW else "atomic"
+    prefix = "atomic64" if size == _EBPF.DW else "atomic"
     if imm == _BPF_XCHG:
         return f"r{src} = {prefix}_xchg({where}, r{src})"
     if imm == _BPF_CMPXCHG:
@@ -308,7 +322,7 @@ def _atomic(opcode: int, size: int, where: str, src: int, imm: int) -> str:
 
 
 def _ld_imm64(dst: int, src: int, low: int, high: int) -> str:
-    if src == ebpf.BPF_PSEUDO_MAP_FD:
+    if src == _EBPF.PSEUDO_MAP_FD:
         return f"r{dst} = map[fd {low}]"
     if src == _BPF_PSEUDO_MAP_VALUE:
         return f"r{dst} = map[fd {low}] + {high}"  # a pointer into an array map's value
@@ -322,10 +336,10 @@ def _ebpf_packet_load(opcode: int, src: int, imm: int) -> str:
     """The legacy packet loads (BPF_ABS, BPF_IND): R0 = packet bytes, in network order,
     at an offset that may be relative to the link-layer or network header."""
     mode, size = opcode & 0xE0, opcode & 0x18
-    if size not in (ebpf.BPF_B, ebpf.BPF_H, ebpf.BPF_W) or mode not in (ebpf.BPF_ABS, ebpf.BPF_IND):
+    if size not in (_EBPF.B, _EBPF.H, _EBPF.W) or mode not in (_EBPF.ABS, _EBPF.IND):
         return _unknown(opcode)
     where = _packet_offset(imm)
-    if mode == ebpf.BPF_IND:
+    if mode == _EBPF.IND:
         where = f"r{src} + {where}"
     return f"r0 = *({_UNSIGNED[size]} *)skb[{where}]"
 

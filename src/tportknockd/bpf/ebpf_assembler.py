@@ -60,6 +60,7 @@ class Helper(IntEnum):
     RINGBUF_DISCARD = 133
     KTIME_GET_COARSE_NS = 160
 
+
 # Classes.
 BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = range(8)
 # Sizes.
@@ -88,6 +89,8 @@ _JA, _CALL, _EXIT = 0x00, 0x80, 0x90
 
 _INSN = struct.Struct("=BBhi")
 _OFF, _OFF_AT = struct.Struct("=h"), 2  # an instruction's offset field, and where it is
+# `in range(...)` is a comparison for an int but a walk of the whole range for an int subclass
+# (an IntEnum such as Helper), so the operands are converted first.
 _S32 = range(-(1 << 31), 1 << 31)
 _S16 = range(-(1 << 15), 1 << 15)
 
@@ -127,6 +130,7 @@ class Assembler:
         imm: int = 0,
         target: Label | None = None,
     ) -> None:
+        imm, off = int(imm), int(off)
         if imm not in _S32 or off not in _S16:
             raise ValueError(f"operand does not fit: code {code:#04x}, off {off}, imm {imm}")
         if target is not None:

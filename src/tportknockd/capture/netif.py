@@ -141,14 +141,6 @@ def list_interfaces() -> list[Interface]:
     return [links[i] for i in sorted(links)]
 
 
-def find_interface(name: str) -> Interface | None:
-    """The interface called `name`, or None when there is none (now)."""
-    for link in list_interfaces():
-        if link.name == name:
-            return link
-    return None
-
-
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100

@@ -21,8 +21,6 @@ Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
-ETH_P_8021AD = 0x88A8
-MAX_VLAN_TAGS = 2
 
 #: A crafted chain of IPv6 extension headers must not cost more than this many steps.
 MAX_IPV6_EXT_HEADERS = 10
@@ -36,7 +34,7 @@ _IPV6_DEST_OPTS = 60
 _IPV6_GENERIC_EXT = frozenset({_IPV6_HOP_BY_HOP, _IPV6_ROUTING, _IPV6_DEST_OPTS})
 
 _ETH_HEADER_LEN = 14
-_ETH_TYPE = struct.Struct("!H")  # the ethertype, also the one after each VLAN tag
+_ETH_TYPE = struct.Struct("!H")  # the ethertype, also the one after a VLAN tag
 _VLAN_TAG_LEN = 4
 
 # version/IHL, total length, flags/fragment offset, protocol, source, destination
@@ -61,7 +59,9 @@ _UDP = struct.Struct("!2x H")
 
 
 def parse_ethernet(buf: Buffer, offset: int = 0, length: int | None = None) -> Packet | None:
-    """Parse an Ethernet II frame (at most two VLAN tags) carrying IPv4 or IPv6 TCP/UDP."""
+    """Parse an Ethernet II frame carrying IPv4 or IPv6 TCP/UDP, behind at most one 802.1Q tag:
+    what the classic filter and the kernel program pass (the kernel takes the outer tag of a
+    QinQ frame into metadata before either sees it)."""
     end = len(buf) if length is None else min(len(buf), offset + max(length, 0))
     if offset >= 0 and offset + _ETH_IPV4_PLAIN.size <= end:
         ethertype, ver_ihl, total_len, frag, protocol, src, dst = _ETH_IPV4_PLAIN.unpack_from(
@@ -83,9 +83,7 @@ def parse_ethernet(buf: Buffer, offset: int = 0, length: int | None = None) -> P
     if offset < 0 or pos + 2 > end:
         return None
     (ethertype,) = _ETH_TYPE.unpack_from(buf, pos)
-    for _ in range(MAX_VLAN_TAGS):
-        if ethertype not in (ETH_P_8021Q, ETH_P_8021AD):
-            break
+    if ethertype == ETH_P_8021Q:
         pos += _VLAN_TAG_LEN
         if pos + 2 > end:
             return None

@@ -1,7 +1,7 @@
 """The durable record of open doors, so that a crash never forgets a pending stop_command.
 
 Before a door opens (its start_command runs) the daemon writes every pending stop to the state
-file: a temporary file, fsynced, renamed over the old one, and the directory fsynced. At
+file, replaced durably (files.replace_durably: the old file or the new after a crash). At
 start-up it reads the file back: stops already due run at once, the others are rescheduled.
 Due times are stored as wall-clock (Unix) times, since the monotonic clock does not survive a
 reboot. A file that cannot be read or parsed is moved aside, never fatal.
@@ -14,6 +14,8 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from tportknockd.files import replace_durably
 
 DEFAULT_STATE_FILE = "/var/lib/tportknockd/doors.json"
 FORMAT_VERSION = 1
@@ -61,29 +63,8 @@ def save(path: str, doors: Iterable[SavedDoor], burns: Iterable[SavedBurn] = ())
             for d in doors
         ],
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load(path: str) -> list[SavedDoor]:
-    """The doors recorded in `path`; [] when there is no file; StateError when it is bad."""
-    return load_all(path)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    replace_durably(path, json.dumps(data, indent=1).encode("utf-8"))
 
 
 def load_all(path: str) -> tuple[list[SavedDoor], list[SavedBurn]]:

@@ -10,7 +10,8 @@ Per packet:
 
 1. Only packets addressed to this host (pkt_type PACKET_HOST) count, as in capture/ring.py
    (rule 2 of tportknockd.conf(5)).
-2. Parse exactly as today's pipeline does (the classic filter of filter.py, then packet.py):
+2. Parse exactly as the Python engine's pipeline does (the classic filter of
+   capture/knock_filter.py, then capture/packet.py):
    Ethernet with at most one 802.1Q tag in the data; IPv4 (version 4, IHL >= 5, total length
    >= header length, no fragment offset); IPv6 walking at most ten hop-by-hop, routing,
    destination options, fragment (first fragments only) and authentication headers; TCP with
@@ -25,8 +26,11 @@ Per packet:
    and frame 0 restarts.
 5. A completion is written to the ring buffer as (family, sequence number, source address).
 
+The generator has the same two halves: _HeaderParser writes steps 1 and 2 and leaves what it
+parsed on the stack; _KnockRules writes steps 3 to 5 from there.
+
 Time is the kernel's coarse monotonic clock (bpf_ktime_get_coarse_ns, Linux 5.11+: CLOCK_MONOTONIC
-as of the last tick, 1-4 ms old): the precise one cost 40 ns a packet here, the coarse one 7.
+as of the last tick, a few ms old), which is much cheaper to read than the precise one.
 Timeouts are seconds; the Python engine's own clock is read when a ring block is handed over,
 itself a millisecond or more after the packet.
 
@@ -39,13 +43,13 @@ churns, one insert per spoofed packet, so they live in a table of our own that c
 and no allocation: an array of buckets of FRESH_WAYS slots, the bucket chosen by a hash of
 (family, sequence, source) under a random seed drawn at load time (so that nobody can aim
 packets at the bucket of a given address). A new attempt takes a free slot of its bucket, or
-else the slot of the oldest attempt there. (An LRU hash map insert cost 0.3 µs a packet here,
-most of a first frame's cost; this table, 0.05.) Expired attempts are left in place: they are
+else the slot of the oldest attempt there. Expired attempts are left in place: they are
 the oldest of their bucket, and go first. A fresh attempt found by a packet is taken out of
 its slot at once and put back only if the rules keep it (a retransmission of frame 0).
 
-The program returns 0 for every packet: nothing is queued on the socket. Statistics are
-counted in a per-CPU array.
+The program returns 0 for every packet it can read: nothing is queued on the socket (one it
+cannot read is handed over whole, see _pass_unreadable). Statistics are counted in a per-CPU
+array.
 
 Packet bytes are read relative to SKF_LL_OFF (the link-layer header). A socket filter on an
 AF_PACKET socket sees data from the Ethernet header, BPF_PROG_TEST_RUN from the network
@@ -82,6 +86,7 @@ from tportknockd.bpf.ebpf_assembler import (
     R8,
     R9,
     Assembler,
+    Helper,
     Label,
     Reg,
 )
@@ -93,14 +98,6 @@ SKF_LL_OFF = -0x200000
 PACKET_HOST = 0
 BPF_HDR_START_MAC = 0
 
-
-# Helper functions by number (include/uapi/linux/bpf.h).
-MAP_LOOKUP_ELEM = 1
-MAP_UPDATE_ELEM = 2
-MAP_DELETE_ELEM = 3
-KTIME_GET_COARSE_NS = 160
-SKB_LOAD_BYTES_RELATIVE = 68
-RINGBUF_OUTPUT = 130
 
 #: IPv6 extension headers walked, as packet.py does.
 IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH, IPV6_DEST_OPTS = 0, 43, 44, 51, 60
@@ -259,7 +256,7 @@ _COUNTERS = -96  # spilled pointer to this CPU's counters
 _RECORD = -128  # ring buffer record: ATTEMPT_KEY -128..-105, ifindex -104, padding -100
 _PROBE = -128 - 64  # PROBE_BYTES read to see whether the headers are in the linear part
 _HASH = -200  # u64: the source address hashed (each sequence's number is mixed in per hit)
-_BUCKET = -204  # u32: the fresh table key (bucket number) of the current hit
+_BUCKET_NUMBER = -204  # u32: the fresh table key (bucket number) of the current hit
 #: How much of a packet must be linear for the program to read it (see _pass_unreadable).
 PROBE_BYTES = 58
 #: What the program returns to hand a packet to user space whole.
@@ -267,17 +264,300 @@ PASS_WHOLE = 0xFFFF
 
 _HIT_TIMEOUT, _HIT_MASK, _HIT_NUMBER, _HIT_LENGTH = 0, 8, 16, 20
 
-# Registers kept across helper calls.
-_CTX = R6  # the packet (LD_ABS/LD_IND want it in R6)
-_VAL = R7  # while parsing: header position; then: the frame table entry
-_NOW = R8  # while parsing: protocol / key; then: the time (ns)
-_END = R9  # while parsing: end of the bytes the parser may read
-_BUCKET_AT = R9  # then: the fresh table bucket of the current hit
+# Registers. R0-R5 are the helpers' result and arguments, clobbered by every call: scratch,
+# named by number where they are used. R6-R9 survive calls and hold what the program keeps.
+# The parser and the rules keep their own values in them: the parser's results are on the
+# stack (_KEY, _LOCAL, _FRAME_KEY) by the time the rules start, and its registers are dead.
+PACKET = R6  # the __sk_buff, throughout (LD_ABS and LD_IND want it in R6)
+# While parsing:
+HEADER_OFFSET = R7  # where the header being read starts, counted from the link-layer header
+PROTOCOL = R8  # what the header at HEADER_OFFSET is (the protocol field before it)
+READ_END = R9  # the end of the bytes the parser may read
+# While applying the rules:
+FRAME_ENTRY = R7  # the frame table's value for the packet's frame key
+NOW = R8  # the time (ns), the kernel's clock plus the clock map's offset
+FRESH_BUCKET = R9  # the current hit's bucket of the fresh table (its FRESH_WAYS slots)
 
 
 #: fe80::/10 as the program sees an address's first two bytes (loaded in host order).
 _LINK_LOCAL_PREFIX = int.from_bytes(b"\xfe\x80", sys.byteorder)
 _LINK_LOCAL_MASK = int.from_bytes(b"\xff\xc0", sys.byteorder)
+
+
+def generate(maps: MapFds, max_hits: int, fresh_buckets: int, seed: int) -> bytes:
+    """The socket filter program for these maps; up to `max_hits` sequences per frame; a
+    fresh table of `fresh_buckets` buckets (a power of two, at least 2), hashed with `seed`."""
+    if fresh_buckets < 2 or fresh_buckets & (fresh_buckets - 1):
+        raise ValueError(f"the fresh table needs a power of two >= 2 buckets, not {fresh_buckets}")
+    program = _Program(maps.counters)
+    program.start()
+    _HeaderParser(program).parse()
+    _KnockRules(program, maps, max_hits, fresh_buckets, seed).apply()
+    return program.finish()
+
+
+class _Program:
+    """What the parser and the rules both write into: the assembler, the label that ends the
+    program for a packet that is no (further) part of a knock, and this CPU's counters."""
+
+    def __init__(self, counters_fd: int) -> None:
+        self.asm = Assembler()
+        self.drop = self.asm.label("drop")
+        self.counters_fd = counters_fd
+
+    def start(self) -> None:
+        """Keep the packet; find this CPU's counters (kept on the stack) and count the
+        packet; initialise the stack areas that keys are built in, as the verifier wants."""
+        asm = self.asm
+        asm.mov(PACKET, R1)
+        asm.store("w", FP, _ZERO, 0)
+        self.lookup(self.counters_fd, _ZERO)
+        asm.jmp(R0, "==", 0, self.drop)
+        asm.store("dw", FP, _COUNTERS, R0)
+        self.increment(Counter.PACKETS)
+        for offset in range(_KEY, 0, 8):  # KEY and LOCAL, zeroed: IPv4 uses 4 of 16 bytes
+            asm.store("dw", FP, offset, 0)
+        asm.store("dw", FP, _VALUE, 0)
+        asm.store("dw", FP, _VALUE + 8, 0)
+
+    def finish(self) -> bytes:
+        self.asm.place(self.drop)
+        self.asm.ret(0)
+        return self.asm.assemble()
+
+    def increment(self, counter: Counter, scratch: tuple[Reg, Reg] = (R1, R2)) -> None:
+        """Count one in this CPU's `counter`, using (and clobbering) the `scratch` registers."""
+        asm, counters, value = self.asm, *scratch
+        asm.load("dw", counters, FP, _COUNTERS)
+        asm.load("dw", value, counters, counter * 8)
+        asm.alu(value, "+", 1)
+        asm.store("dw", counters, counter * 8, value)
+
+    def map_arguments(self, map_fd: int, key: int) -> None:
+        """R1 = the map, R2 = the key on the stack at `key`: the first arguments of every map
+        helper."""
+        self.asm.ld_map_fd(R1, map_fd)
+        self.asm.mov(R2, FP)
+        self.asm.alu(R2, "+", key)
+
+    def lookup(self, map_fd: int, key: int) -> None:
+        """R0 = the value of `key` in the map, or 0."""
+        self.map_arguments(map_fd, key)
+        self.asm.call(Helper.MAP_LOOKUP_ELEM)
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+class _HeaderParser:
+    """Reads the headers of a packet addressed to this host as the classic filter and
+    capture/packet.py do, and leaves on the stack what the rules look up: the frame key
+    (_FRAME_KEY), the source (_KEY's family and address) and the destination (_LOCAL). Any
+    other packet is dropped, or handed to user space whole if its headers cannot be read."""
+
+    def __init__(self, program: _Program) -> None:
+        self.program = program
+        self.asm = program.asm
+        self.drop = program.drop
+
+    def parse(self) -> None:
+        asm = self.asm
+        self._check_packet_type()
+        self._pass_unreadable()
+        ipv4, ipv6, l4 = asm.label("ipv4"), asm.label("ipv6"), asm.label("l4")
+        self._link_layer(ipv4, ipv6)
+        asm.place(ipv4)
+        self._ipv4(l4)
+        asm.place(ipv6)
+        self._ipv6(l4)
+        asm.place(l4)
+        self._transport()
+
+    def _check_packet_type(self) -> None:
+        self.asm.load("w", R0, PACKET, 4)  # struct __sk_buff: pkt_type
+        self.asm.jmp(R0, "!=", PACKET_HOST, self.drop)
+
+    def _pass_unreadable(self) -> None:
+        """Hand a packet whose headers are not all in the linear part of its buffer (a
+        zero-copy sender's, over veth) to user space whole: the program's loads read only the
+        linear part, so it could not match it, and the Python engine can. Probed: the first
+        min(len, PROBE_BYTES) bytes from the link-layer header (enough for Ethernet, an
+        802.1Q tag, IPv4 and TCP headers without options)."""
+        asm = self.asm
+        readable = asm.label("readable")
+        asm.load("w", R4, PACKET, 0)  # struct __sk_buff: len
+        short = asm.label("short")
+        asm.jmp(R4, "<=", PROBE_BYTES, short)
+        asm.mov(R4, PROBE_BYTES)
+        asm.place(short)
+        asm.jmp(R4, "==", 0, self.drop)
+        asm.mov(R1, PACKET)
+        asm.mov(R2, 0)
+        asm.mov(R3, FP)
+        asm.alu(R3, "+", _PROBE)
+        asm.mov(R5, BPF_HDR_START_MAC)
+        asm.call(Helper.SKB_LOAD_BYTES_RELATIVE)
+        asm.jmp(R0, "==", 0, readable)
+        self.program.increment(Counter.PASSED)
+        asm.ret(PASS_WHOLE)
+        asm.place(readable)
+
+    def _link_layer(self, ipv4: Label, ipv6: Label) -> None:
+        """HEADER_OFFSET = where the IP header starts; branch on the ethertype (one 802.1Q
+        tag)."""
+        asm, drop = self.asm, self.drop
+        untagged = asm.label("untagged")
+        asm.ld_abs("h", SKF_LL_OFF + 12)
+        asm.mov(HEADER_OFFSET, 14)
+        asm.jmp(R0, "!=", ETH_P_8021Q, untagged)
+        asm.ld_abs("h", SKF_LL_OFF + 16)
+        asm.mov(HEADER_OFFSET, 18)
+        asm.place(untagged)
+        asm.jmp(R0, "==", ETH_P_IP, ipv4)
+        asm.jmp(R0, "==", ETH_P_IPV6, ipv6)
+        asm.goto(drop)
+
+    def _load_addresses(self, offset: int, size: int, into: int) -> None:
+        """Copy `size` header bytes at HEADER_OFFSET + offset to the stack at `into`."""
+        asm = self.asm
+        asm.mov(R1, PACKET)
+        asm.mov(R2, HEADER_OFFSET)
+        asm.alu(R2, "+", offset)
+        asm.mov(R3, FP)
+        asm.alu(R3, "+", into)
+        asm.mov(R4, size)
+        asm.mov(R5, BPF_HDR_START_MAC)
+        asm.call(Helper.SKB_LOAD_BYTES_RELATIVE)
+        asm.jmp(R0, "!=", 0, self.drop)
+
+    def _ipv4(self, l4: Label) -> None:
+        """On to `l4` with the transport header at HEADER_OFFSET, its protocol in PROTOCOL and
+        READ_END at the end of the datagram."""
+        asm, drop = self.asm, self.drop
+        header_length = PROTOCOL  # until the protocol is read (first the byte it is in)
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF)  # version, IHL
+        asm.mov(header_length, R0)
+        asm.alu(header_length, ">>", 4)
+        asm.jmp(header_length, "!=", 4, drop)
+        asm.mov(header_length, R0)
+        asm.alu(header_length, "&", 0x0F)
+        asm.alu(header_length, "<<", 2)  # header length
+        asm.jmp(header_length, "<", 20, drop)
+        asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF + 2)  # total length
+        asm.jmp(R0, "<", header_length, drop)
+        asm.mov(READ_END, R0)
+        asm.alu(READ_END, "+", HEADER_OFFSET)
+        asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF + 6)  # flags, fragment offset
+        asm.alu(R0, "&", 0x1FFF)
+        asm.jmp(R0, "!=", 0, drop)
+        self._load_addresses(12, 8, _IPV4_ADDRESSES)
+        asm.load("w", R0, FP, _IPV4_ADDRESSES)
+        asm.store("w", FP, _KEY_ADDRESS, R0)
+        asm.load("w", R0, FP, _IPV4_ADDRESSES + 4)
+        asm.store("w", FP, _LOCAL_ADDRESS, R0)
+        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV4)
+        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV4)
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF + 9)  # protocol
+        asm.alu(HEADER_OFFSET, "+", header_length)
+        asm.mov(PROTOCOL, R0)
+        self._cap_end()
+        asm.goto(l4)
+
+    def _cap_end(self) -> None:
+        """The classic filter passes SNAPLEN bytes to the parser: read no further either."""
+        within = self.asm.label()
+        self.asm.jmp(READ_END, "<=", SNAPLEN, within)
+        self.asm.mov(READ_END, SNAPLEN)
+        self.asm.place(within)
+
+    def _ipv6(self, l4: Label) -> None:
+        """Like _ipv4, after walking the extension headers that packet.py walks."""
+        asm, drop = self.asm, self.drop
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF)
+        asm.alu(R0, ">>", 4)
+        asm.jmp(R0, "!=", 6, drop)
+        asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF + 4)  # payload length
+        asm.mov(READ_END, R0)
+        asm.alu(READ_END, "+", HEADER_OFFSET)
+        asm.alu(READ_END, "+", 40)
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF + 6)  # next header
+        asm.mov(PROTOCOL, R0)
+        self._load_addresses(8, 32, _KEY_ADDRESS)  # source, then destination: see _LOCAL
+        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV6)
+        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV6)
+        asm.alu(HEADER_OFFSET, "+", 40)
+        self._cap_end()
+        for walked in range(MAX_IPV6_EXT_HEADERS + 1):
+            asm.jmp(PROTOCOL, "==", PROTO_TCP, l4)
+            asm.jmp(PROTOCOL, "==", PROTO_UDP, l4)
+            if walked < MAX_IPV6_EXT_HEADERS:
+                self._ipv6_extension()
+        asm.goto(drop)
+
+    def _ipv6_extension(self) -> None:
+        """Step over one extension header (its type in PROTOCOL) or drop the packet."""
+        asm, drop = self.asm, self.drop
+        generic, fragment, auth, done = (asm.label() for _ in range(4))
+        for header in (IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS):
+            asm.jmp(PROTOCOL, "==", header, generic)
+        asm.jmp(PROTOCOL, "==", IPV6_FRAGMENT, fragment)
+        asm.jmp(PROTOCOL, "==", IPV6_AUTH, auth)
+        asm.goto(drop)
+        for label, units_to_bytes in ((generic, (1, 3)), (auth, (2, 2))):
+            # next header, length; the header is (length + 1) * 8 or (length + 2) * 4 bytes
+            asm.place(label)
+            self._need(2)
+            asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF)
+            asm.mov(PROTOCOL, R0)
+            asm.alu(PROTOCOL, ">>", 8)
+            asm.alu(R0, "&", 0xFF)
+            asm.alu(R0, "+", units_to_bytes[0])
+            asm.alu(R0, "<<", units_to_bytes[1])
+            asm.alu(HEADER_OFFSET, "+", R0)
+            asm.goto(done)
+        asm.place(fragment)
+        self._need(8)
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF + 7)  # the whole header must be there
+        asm.ld_ind("w", HEADER_OFFSET, SKF_LL_OFF)  # next header, reserved, offset and flags
+        asm.mov(R1, R0)
+        asm.alu(R1, "&", 0xFFF8)
+        asm.jmp(R1, "!=", 0, drop)  # not the first fragment: no ports in it
+        asm.mov(PROTOCOL, R0)
+        asm.alu(PROTOCOL, ">>", 24)
+        asm.alu(HEADER_OFFSET, "+", 8)
+        asm.place(done)
+
+    def _need(self, size: int) -> None:
+        """Drop unless `size` bytes from HEADER_OFFSET are within READ_END."""
+        self.asm.mov(R1, HEADER_OFFSET)
+        self.asm.alu(R1, "+", size)
+        self.asm.jmp(R1, ">", READ_END, self.drop)
+
+    def _transport(self) -> None:
+        """_FRAME_KEY = the frame key of the TCP or UDP header at HEADER_OFFSET."""
+        asm, drop = self.asm, self.drop
+        udp, key = asm.label("udp"), asm.label("key")
+        asm.jmp(PROTOCOL, "==", PROTO_UDP, udp)
+        asm.jmp(PROTOCOL, "!=", PROTO_TCP, drop)
+        frame_key = PROTOCOL  # built in place of the protocol it starts from
+        self._need(14)  # up to the flag byte, as packet.py reads it
+        asm.ld_ind("b", HEADER_OFFSET, SKF_LL_OFF + 13)
+        asm.mov(frame_key, R0)
+        asm.alu(frame_key, "<<", 16)
+        asm.alu(frame_key, "|", PROTO_TCP << 24)
+        asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF + 2)
+        asm.alu(frame_key, "|", R0)
+        asm.goto(key)
+        asm.place(udp)
+        self._need(4)
+        asm.ld_ind("h", HEADER_OFFSET, SKF_LL_OFF + 2)
+        asm.mov(frame_key, R0)
+        asm.alu(frame_key, "|", PROTO_UDP << 24)
+        asm.place(key)
+        asm.store("w", FP, _FRAME_KEY, frame_key)
+
+
+# -- the rules --------------------------------------------------------------------------------
 
 
 class _Hit:
@@ -294,264 +574,41 @@ class _Hit:
         self.next = asm.label(f"next{suffix}")
 
 
-def generate(maps: MapFds, max_hits: int, fresh_buckets: int, seed: int) -> bytes:
-    """The socket filter program for these maps; up to `max_hits` sequences per frame; a
-    fresh table of `fresh_buckets` buckets (a power of two, at least 2), hashed with `seed`."""
-    if fresh_buckets < 2 or fresh_buckets & (fresh_buckets - 1):
-        raise ValueError(f"the fresh table needs a power of two >= 2 buckets, not {fresh_buckets}")
-    return _Generator(maps, max_hits, fresh_buckets, seed).program()
+class _KnockRules:
+    """engine.py's rules for the parsed packet: the frame table entry of its frame key, if the
+    destination is ours, then for each sequence (hit) of the entry the attempt of (source,
+    sequence) taken forward, started, broken or completed."""
 
-
-class _Generator:
-    def __init__(self, maps: MapFds, max_hits: int, fresh_buckets: int, seed: int) -> None:
+    def __init__(
+        self, program: _Program, maps: MapFds, max_hits: int, fresh_buckets: int, seed: int
+    ) -> None:
+        self.program = program
+        self.asm = program.asm
+        self.drop = program.drop
         self.maps = maps
         self.max_hits = max_hits
         self.bucket_shift = 64 - (fresh_buckets.bit_length() - 1)
         self.seed = seed & (1 << 64) - 1
-        self.asm = Assembler()
-        self.drop = self.asm.label("drop")
 
-    def program(self) -> bytes:
-        asm = self.asm
-        asm.mov(_CTX, R1)
-        self._count_packet()
-        self._check_packet_type()
-        self._pass_unreadable()
-        ipv4, ipv6, l4 = asm.label("ipv4"), asm.label("ipv6"), asm.label("l4")
-        self._link_layer(ipv4, ipv6)
-        asm.place(ipv4)
-        self._ipv4(l4)
-        asm.place(ipv6)
-        self._ipv6(l4)
-        asm.place(l4)
-        self._transport()
+    def apply(self) -> None:
         self._lookups()
         for index in range(self.max_hits):
             self._hit(index)
-        asm.place(self.drop)
-        asm.ret(0)
-        return asm.assemble()
-
-    # -- packet ----------------------------------------------------------------------------
-
-    def _count_packet(self) -> None:
-        """Find this CPU's counters (kept on the stack) and count the packet; initialise the
-        stack areas that keys are built in, as the verifier wants."""
-        asm = self.asm
-        asm.store("w", FP, _ZERO, 0)
-        asm.ld_map_fd(R1, self.maps.counters)
-        asm.mov(R2, FP)
-        asm.alu(R2, "+", _ZERO)
-        asm.call(MAP_LOOKUP_ELEM)
-        asm.jmp(R0, "==", 0, self.drop)
-        asm.store("dw", FP, _COUNTERS, R0)
-        self._increment(Counter.PACKETS)
-        for offset in range(_KEY, 0, 8):  # KEY and LOCAL, zeroed: IPv4 uses 4 of 16 bytes
-            asm.store("dw", FP, offset, 0)
-        asm.store("dw", FP, _VALUE, 0)
-        asm.store("dw", FP, _VALUE + 8, 0)
-
-    def _increment(self, counter: Counter, scratch: tuple[Reg, Reg] = (R1, R2)) -> None:
-        """Count one in this CPU's `counter`, using (and clobbering) the `scratch` registers."""
-        asm, counters, value = self.asm, *scratch
-        asm.load("dw", counters, FP, _COUNTERS)
-        asm.load("dw", value, counters, counter * 8)
-        asm.alu(value, "+", 1)
-        asm.store("dw", counters, counter * 8, value)
-
-    def _check_packet_type(self) -> None:
-        self.asm.load("w", R0, _CTX, 4)  # struct __sk_buff: pkt_type
-        self.asm.jmp(R0, "!=", PACKET_HOST, self.drop)
-
-    def _pass_unreadable(self) -> None:
-        """Hand a packet whose headers are not all in the linear part of its buffer (a
-        zero-copy sender's, over veth) to user space whole: the program's loads read only the
-        linear part, so it could not match it, and the Python engine can. Probed: the first
-        min(len, PROBE_BYTES) bytes from the link-layer header (enough for Ethernet, an
-        802.1Q tag, IPv4 and TCP headers without options)."""
-        asm = self.asm
-        readable = asm.label("readable")
-        asm.load("w", R4, _CTX, 0)  # struct __sk_buff: len
-        short = asm.label("short")
-        asm.jmp(R4, "<=", PROBE_BYTES, short)
-        asm.mov(R4, PROBE_BYTES)
-        asm.place(short)
-        asm.jmp(R4, "==", 0, self.drop)
-        asm.mov(R1, _CTX)
-        asm.mov(R2, 0)
-        asm.mov(R3, FP)
-        asm.alu(R3, "+", _PROBE)
-        asm.mov(R5, BPF_HDR_START_MAC)
-        asm.call(SKB_LOAD_BYTES_RELATIVE)
-        asm.jmp(R0, "==", 0, readable)
-        self._increment(Counter.PASSED)
-        asm.ret(PASS_WHOLE)
-        asm.place(readable)
-
-    def _link_layer(self, ipv4: Label, ipv6: Label) -> None:
-        """_VAL = where the IP header starts; branch on the ethertype (one 802.1Q tag)."""
-        asm, drop = self.asm, self.drop
-        untagged = asm.label("untagged")
-        asm.ld_abs("h", SKF_LL_OFF + 12)
-        asm.mov(_VAL, 14)
-        asm.jmp(R0, "!=", ETH_P_8021Q, untagged)
-        asm.ld_abs("h", SKF_LL_OFF + 16)
-        asm.mov(_VAL, 18)
-        asm.place(untagged)
-        asm.jmp(R0, "==", ETH_P_IP, ipv4)
-        asm.jmp(R0, "==", ETH_P_IPV6, ipv6)
-        asm.goto(drop)
-
-    def _load_addresses(self, offset: int, size: int, into: int) -> None:
-        """Copy `size` header bytes at _VAL + offset to the stack at `into`."""
-        asm = self.asm
-        asm.mov(R1, _CTX)
-        asm.mov(R2, _VAL)
-        asm.alu(R2, "+", offset)
-        asm.mov(R3, FP)
-        asm.alu(R3, "+", into)
-        asm.mov(R4, size)
-        asm.mov(R5, BPF_HDR_START_MAC)
-        asm.call(SKB_LOAD_BYTES_RELATIVE)
-        asm.jmp(R0, "!=", 0, self.drop)
-
-    def _ipv4(self, l4: Label) -> None:
-        """Leaves _VAL = transport header, _NOW = protocol, _END = end of the datagram."""
-        asm, drop = self.asm, self.drop
-        asm.ld_ind("b", _VAL, SKF_LL_OFF)  # version, IHL
-        asm.mov(_NOW, R0)
-        asm.alu(_NOW, ">>", 4)
-        asm.jmp(_NOW, "!=", 4, drop)
-        asm.mov(_NOW, R0)
-        asm.alu(_NOW, "&", 0x0F)
-        asm.alu(_NOW, "<<", 2)  # header length
-        asm.jmp(_NOW, "<", 20, drop)
-        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)  # total length
-        asm.jmp(R0, "<", _NOW, drop)
-        asm.mov(_END, R0)
-        asm.alu(_END, "+", _VAL)
-        asm.ld_ind("h", _VAL, SKF_LL_OFF + 6)  # flags, fragment offset
-        asm.alu(R0, "&", 0x1FFF)
-        asm.jmp(R0, "!=", 0, drop)
-        self._load_addresses(12, 8, _IPV4_ADDRESSES)
-        asm.load("w", R0, FP, _IPV4_ADDRESSES)
-        asm.store("w", FP, _KEY_ADDRESS, R0)
-        asm.load("w", R0, FP, _IPV4_ADDRESSES + 4)
-        asm.store("w", FP, _LOCAL_ADDRESS, R0)
-        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV4)
-        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV4)
-        asm.ld_ind("b", _VAL, SKF_LL_OFF + 9)  # protocol
-        asm.alu(_VAL, "+", _NOW)
-        asm.mov(_NOW, R0)
-        self._cap_end()
-        asm.goto(l4)
-
-    def _cap_end(self) -> None:
-        """The classic filter passes SNAPLEN bytes to the parser: read no further either."""
-        within = self.asm.label()
-        self.asm.jmp(_END, "<=", SNAPLEN, within)
-        self.asm.mov(_END, SNAPLEN)
-        self.asm.place(within)
-
-    def _ipv6(self, l4: Label) -> None:
-        """Like _ipv4, after walking the extension headers that packet.py walks."""
-        asm, drop = self.asm, self.drop
-        asm.ld_ind("b", _VAL, SKF_LL_OFF)
-        asm.alu(R0, ">>", 4)
-        asm.jmp(R0, "!=", 6, drop)
-        asm.ld_ind("h", _VAL, SKF_LL_OFF + 4)  # payload length
-        asm.mov(_END, R0)
-        asm.alu(_END, "+", _VAL)
-        asm.alu(_END, "+", 40)
-        asm.ld_ind("b", _VAL, SKF_LL_OFF + 6)  # next header
-        asm.mov(_NOW, R0)
-        self._load_addresses(8, 32, _KEY_ADDRESS)  # source, then destination: see _LOCAL
-        asm.store("w", FP, _KEY_FAMILY, FAMILY_IPV6)
-        asm.store("w", FP, _LOCAL_FAMILY, FAMILY_IPV6)
-        asm.alu(_VAL, "+", 40)
-        self._cap_end()
-        for walked in range(MAX_IPV6_EXT_HEADERS + 1):
-            asm.jmp(_NOW, "==", PROTO_TCP, l4)
-            asm.jmp(_NOW, "==", PROTO_UDP, l4)
-            if walked < MAX_IPV6_EXT_HEADERS:
-                self._ipv6_extension()
-        asm.goto(drop)
-
-    def _ipv6_extension(self) -> None:
-        """Step over one extension header (next header in _NOW) or drop the packet."""
-        asm, drop = self.asm, self.drop
-        generic, fragment, auth, done = (asm.label() for _ in range(4))
-        for header in (IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS):
-            asm.jmp(_NOW, "==", header, generic)
-        asm.jmp(_NOW, "==", IPV6_FRAGMENT, fragment)
-        asm.jmp(_NOW, "==", IPV6_AUTH, auth)
-        asm.goto(drop)
-        for label, units_to_bytes in ((generic, (1, 3)), (auth, (2, 2))):
-            # next header, length; the header is (length + 1) * 8 or (length + 2) * 4 bytes
-            asm.place(label)
-            self._need(2)
-            asm.ld_ind("h", _VAL, SKF_LL_OFF)
-            asm.mov(_NOW, R0)
-            asm.alu(_NOW, ">>", 8)
-            asm.alu(R0, "&", 0xFF)
-            asm.alu(R0, "+", units_to_bytes[0])
-            asm.alu(R0, "<<", units_to_bytes[1])
-            asm.alu(_VAL, "+", R0)
-            asm.goto(done)
-        asm.place(fragment)
-        self._need(8)
-        asm.ld_ind("b", _VAL, SKF_LL_OFF + 7)  # the whole header must be there
-        asm.ld_ind("w", _VAL, SKF_LL_OFF)  # next header, reserved, offset and flags
-        asm.mov(R1, R0)
-        asm.alu(R1, "&", 0xFFF8)
-        asm.jmp(R1, "!=", 0, drop)  # not the first fragment: no ports in it
-        asm.mov(_NOW, R0)
-        asm.alu(_NOW, ">>", 24)
-        asm.alu(_VAL, "+", 8)
-        asm.place(done)
-
-    def _need(self, size: int) -> None:
-        """Drop unless `size` bytes from _VAL are within _END."""
-        self.asm.mov(R1, _VAL)
-        self.asm.alu(R1, "+", size)
-        self.asm.jmp(R1, ">", _END, self.drop)
-
-    def _transport(self) -> None:
-        """The frame key from the TCP or UDP header at _VAL (protocol in _NOW)."""
-        asm, drop = self.asm, self.drop
-        udp, key = asm.label("udp"), asm.label("key")
-        asm.jmp(_NOW, "==", PROTO_UDP, udp)
-        asm.jmp(_NOW, "!=", PROTO_TCP, drop)
-        self._need(14)  # up to the flag byte, as packet.py reads it
-        asm.ld_ind("b", _VAL, SKF_LL_OFF + 13)
-        asm.mov(_NOW, R0)
-        asm.alu(_NOW, "<<", 16)
-        asm.alu(_NOW, "|", PROTO_TCP << 24)
-        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)
-        asm.alu(_NOW, "|", R0)
-        asm.goto(key)
-        asm.place(udp)
-        self._need(4)
-        asm.ld_ind("h", _VAL, SKF_LL_OFF + 2)
-        asm.mov(_NOW, R0)
-        asm.alu(_NOW, "|", PROTO_UDP << 24)
-        asm.place(key)
-        asm.store("w", FP, _FRAME_KEY, _NOW)
 
     def _lookups(self) -> None:
-        """_VAL = the frame table entry, if the destination is local; _NOW = the time."""
+        """FRAME_ENTRY = the frame table entry, if the destination is local; NOW = the time."""
         asm, drop = self.asm, self.drop
-        self._lookup(self.maps.frames, _FRAME_KEY)
+        self.program.lookup(self.maps.frames, _FRAME_KEY)
         asm.jmp(R0, "==", 0, drop)
-        asm.mov(_VAL, R0)
+        asm.mov(FRAME_ENTRY, R0)
         self._local_destination()
-        self._increment(Counter.KNOCKS)
-        asm.call(KTIME_GET_COARSE_NS)
-        asm.mov(_NOW, R0)
-        self._lookup(self.maps.clock, _ZERO)
+        self.program.increment(Counter.KNOCKS)
+        asm.call(Helper.KTIME_GET_COARSE_NS)
+        asm.mov(NOW, R0)
+        self.program.lookup(self.maps.clock, _ZERO)
         asm.jmp(R0, "==", 0, drop)
         asm.load("dw", R1, R0, 0)
-        asm.alu(_NOW, "+", R1)
+        asm.alu(NOW, "+", R1)
         self._hash_source()
 
     def _local_destination(self) -> None:
@@ -560,16 +617,16 @@ class _Generator:
         belongs to one link, as the classic filter of each interface has it)."""
         asm, drop = self.asm, self.drop
         ours = asm.label()
-        self._lookup(self.maps.local, _LOCAL)
+        self.program.lookup(self.maps.local, _LOCAL)
         asm.jmp(R0, "!=", 0, ours)
         asm.load("w", R1, FP, _LOCAL_FAMILY)
         asm.jmp(R1, "!=", FAMILY_IPV6, drop)
         asm.load("h", R1, FP, _LOCAL_ADDRESS)  # the first two bytes, in host order
         asm.alu(R1, "&", _LINK_LOCAL_MASK)
         asm.jmp(R1, "!=", _LINK_LOCAL_PREFIX, drop)
-        asm.load("w", R1, _CTX, SKB_IFINDEX)
+        asm.load("w", R1, PACKET, SKB_IFINDEX)
         asm.store("w", FP, _LOCAL_IFINDEX, R1)
-        self._lookup(self.maps.local, _LOCAL)
+        self.program.lookup(self.maps.local, _LOCAL)
         asm.jmp(R0, "==", 0, drop)
         asm.place(ours)
 
@@ -584,25 +641,17 @@ class _Generator:
             asm.alu(R1, "*", R3)
         asm.store("dw", FP, _HASH, R1)
 
-    def _lookup(self, map_fd: int, key: int) -> None:
-        self.asm.ld_map_fd(R1, map_fd)
-        self.asm.mov(R2, FP)
-        self.asm.alu(R2, "+", key)
-        self.asm.call(MAP_LOOKUP_ELEM)
-
-    # -- the rules, for hit `index` of the frame table entry ---------------------------------
-
     def _hit(self, index: int) -> None:
         """Apply the rules to the attempt of (source, sequence of hit `index`)."""
         asm = self.asm
         hit = _Hit(FRAME_VALUE_HEAD.size + HIT.size * index, asm, str(index))
-        asm.load("w", R1, _VAL, 0)  # hits in this entry
+        asm.load("w", R1, FRAME_ENTRY, 0)  # hits in this entry
         asm.jmp(R1, "<=", index, self.drop)
-        asm.load("w", R1, _VAL, hit.base + _HIT_NUMBER)
+        asm.load("w", R1, FRAME_ENTRY, hit.base + _HIT_NUMBER)
         asm.store("w", FP, _KEY_NUMBER, R1)
         self._fresh_bucket()
         self._check_out_fresh(hit)
-        self._lookup(self.maps.advanced, _KEY)
+        self.program.lookup(self.maps.advanced, _KEY)
         asm.jmp(R0, "==", 0, hit.absent)
         asm.load("dw", R1, R0, 0)  # started
         asm.load("w", R4, R0, 8)  # frames matched
@@ -622,7 +671,7 @@ class _Generator:
         asm.place(hit.next)
 
     def _fresh_bucket(self) -> None:
-        """_BUCKET_AT = the fresh table bucket of (family, number, source): the top bits of
+        """FRESH_BUCKET = the fresh table bucket of (family, number, source): the top bits of
         the seeded source hash with the first key word (family, number) mixed in."""
         asm = self.asm
         asm.load("dw", R1, FP, _HASH)
@@ -631,14 +680,14 @@ class _Generator:
         asm.ld_imm64(R2, HASH_MULTIPLIER)
         asm.alu(R1, "*", R2)
         asm.alu(R1, ">>", self.bucket_shift)
-        asm.store("w", FP, _BUCKET, R1)
-        self._lookup(self.maps.fresh, _BUCKET)
+        asm.store("w", FP, _BUCKET_NUMBER, R1)
+        self.program.lookup(self.maps.fresh, _BUCKET_NUMBER)
         asm.jmp(R0, "==", 0, self.drop)  # cannot happen (the index is in range): the verifier
-        asm.mov(_BUCKET_AT, R0)
+        asm.mov(FRESH_BUCKET, R0)
 
     def _check_out_fresh(self, hit: _Hit) -> None:
         """If the bucket holds the attempt, take it out (its slot becomes free), leave its
-        start in _VALUE and go to `checked_out`. Each slot is written through _BUCKET_AT at a
+        start in _VALUE and go to `checked_out`. Each slot is written through FRESH_BUCKET at a
         constant offset, so that the verifier sees one state at `checked_out`, not one per
         slot. The source's first 8 bytes are compared first: in a flood they differ."""
         asm = self.asm
@@ -648,11 +697,11 @@ class _Generator:
         for way in range(FRESH_WAYS):
             slot, miss = way * FRESH_SLOT.size, asm.label()
             for slot_offset, register, _ in key_words:
-                asm.load("dw", R1, _BUCKET_AT, slot + slot_offset)
+                asm.load("dw", R1, FRESH_BUCKET, slot + slot_offset)
                 asm.jmp(R1, "!=", register, miss)
-            asm.load("dw", R1, _BUCKET_AT, slot)
+            asm.load("dw", R1, FRESH_BUCKET, slot)
             asm.store("dw", FP, _VALUE, R1)
-            asm.store("dw", _BUCKET_AT, slot + 8, 0)
+            asm.store("dw", FRESH_BUCKET, slot + 8, 0)
             asm.goto(hit.checked_out)
             asm.place(miss)
 
@@ -662,11 +711,11 @@ class _Generator:
         Any other frame: broken."""
         asm = self.asm
         expired, retransmission = asm.label(), asm.label()
-        asm.mov(R2, _NOW)
+        asm.mov(R2, NOW)
         asm.alu(R2, "-", R1)
-        asm.load("dw", R3, _VAL, hit.base + _HIT_TIMEOUT)
+        asm.load("dw", R3, FRAME_ENTRY, hit.base + _HIT_TIMEOUT)
         asm.jmp(R2, "s>", R3, expired)
-        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
+        asm.load("dw", R5, FRAME_ENTRY, hit.base + _HIT_MASK)
         asm.mov(R1, R5)
         asm.alu(R1, ">>", R4)
         asm.alu(R1, "&", 1)
@@ -676,16 +725,16 @@ class _Generator:
         asm.alu(R5, ">>", R1)
         asm.alu(R5, "&", 1)
         asm.jmp(R5, "!=", 0, retransmission)
-        self._increment(Counter.BROKEN)
+        self.program.increment(Counter.BROKEN)
         self._delete_attempt(matched=R4)
         asm.goto(hit.absent)  # the breaking frame may be frame 0
         asm.place(retransmission)
-        self._increment(Counter.RETRANSMISSIONS)
+        self.program.increment(Counter.RETRANSMISSIONS)
         asm.jmp(R4, "!=", 1, hit.next)
         asm.store("w", FP, _VALUE + 8, 0)  # checked out above: back in as it was, not started
         asm.goto(hit.put)
         asm.place(expired)
-        self._increment(Counter.EXPIRED)
+        self.program.increment(Counter.EXPIRED)
         self._delete_attempt(matched=R4)
         asm.goto(hit.absent)
 
@@ -694,16 +743,16 @@ class _Generator:
         asm = self.asm
         promote, complete = asm.label(), asm.label()
         asm.alu(R4, "+", 1)
-        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.load("w", R1, FRAME_ENTRY, hit.base + _HIT_LENGTH)
         asm.jmp(R4, "==", R1, complete)
         asm.jmp(R4, "==", 2, promote)
         asm.store("w", R0, 8, R4)
-        self._increment(Counter.ADVANCED)
+        self.program.increment(Counter.ADVANCED)
         asm.goto(hit.next)
         asm.place(promote)  # fresh -> advanced: out of a first-frame flood's reach
         asm.store("w", FP, _VALUE + 8, 2)  # _VALUE holds its start since the check-out
         self._update(self.maps.advanced)
-        self._increment(Counter.PROMOTED)
+        self.program.increment(Counter.PROMOTED)
         asm.goto(hit.next)
         asm.place(complete)
         asm.alu(R4, "-", 1)
@@ -713,33 +762,33 @@ class _Generator:
     def _no_attempt(self, hit: _Hit) -> None:
         """No attempt (any more): frame 0 starts one, or completes a one-frame sequence."""
         asm = self.asm
-        asm.load("dw", R5, _VAL, hit.base + _HIT_MASK)
+        asm.load("dw", R5, FRAME_ENTRY, hit.base + _HIT_MASK)
         asm.alu(R5, "&", 1)
         asm.jmp(R5, "==", 0, hit.next)
-        asm.load("w", R1, _VAL, hit.base + _HIT_LENGTH)
+        asm.load("w", R1, FRAME_ENTRY, hit.base + _HIT_LENGTH)
         asm.jmp(R1, "==", 1, hit.fire)
-        asm.store("dw", FP, _VALUE, _NOW)
+        asm.store("dw", FP, _VALUE, NOW)
         asm.store("w", FP, _VALUE + 8, 1)
         asm.place(hit.put)
         self._put_fresh()
         asm.load("w", R1, FP, _VALUE + 8)
         asm.jmp(R1, "==", 0, hit.next)
-        self._increment(Counter.STARTED)
+        self.program.increment(Counter.STARTED)
         asm.goto(hit.next)
 
     def _put_fresh(self) -> None:
         """Put the attempt (_KEY, started at _VALUE) in the first free slot of its bucket, or
         else in the slot of the bucket's oldest attempt (the first of equals), evicted.
 
-        The oldest is found without branches (_oldest_way): a branch per slot made the
-        verifier follow every combination of them, which cost more to load than the rest of
-        the program. R2 is the chosen slot's offset; the start is written before the key,
-        which makes the slot live."""
+        The oldest is found without branches (_oldest_way): with a branch per slot the
+        verifier would follow every combination of them, which costs more to load than the
+        rest of the program. R2 is the chosen slot's offset; the start is written before the
+        key, which makes the slot live."""
         asm = self.asm
         write = asm.label()
         for way in range(FRESH_WAYS):
             free = asm.label()
-            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size + 8)
+            asm.load("dw", R1, FRESH_BUCKET, way * FRESH_SLOT.size + 8)
             asm.jmp(R1, "!=", 0, free)
             asm.mov(R2, way * FRESH_SLOT.size)
             asm.goto(write)
@@ -747,9 +796,9 @@ class _Generator:
         self._oldest_way()
         asm.alu(R2, "&", FRESH_WAYS - 1)
         asm.alu(R2, "<<", (FRESH_SLOT.size - 1).bit_length())
-        self._increment(Counter.FRESH_EVICTED, scratch=(R1, R3))  # R2 is the slot's offset
+        self.program.increment(Counter.FRESH_EVICTED, scratch=(R1, R3))  # R2 is the slot's offset
         asm.place(write)
-        asm.mov(R5, _BUCKET_AT)
+        asm.mov(R5, FRESH_BUCKET)
         asm.alu(R5, "+", R2)
         for offset in (0, 24, 16, 8):  # start, the key's end, the key's start last
             asm.load("dw", R1, FP, _VALUE if offset == 0 else _KEY + offset - 8)
@@ -761,10 +810,10 @@ class _Generator:
         exactly when this start is older; the oldest and R2 take this way's under the mask.
         (Starts are nanoseconds of a clock since boot: their differences cannot overflow.)"""
         asm = self.asm
-        asm.load("dw", R3, _BUCKET_AT, 0)
+        asm.load("dw", R3, FRESH_BUCKET, 0)
         asm.mov(R2, 0)
         for way in range(1, FRESH_WAYS):
-            asm.load("dw", R1, _BUCKET_AT, way * FRESH_SLOT.size)
+            asm.load("dw", R1, FRESH_BUCKET, way * FRESH_SLOT.size)
             asm.alu(R1, "-", R3)  # this start - the oldest so far
             asm.mov(R4, R1)
             asm.alu(R4, "s>>", 63)  # all ones if this one is older
@@ -782,28 +831,23 @@ class _Generator:
         fresh, done = asm.label(), asm.label()
         asm.jmp(matched, "==", 1, fresh)
         self._delete(self.maps.advanced)
-        self._increment(Counter.ADVANCED_DELETED)
+        self.program.increment(Counter.ADVANCED_DELETED)
         asm.goto(done)
         asm.place(fresh)
-        self._increment(Counter.FRESH_DELETED)
+        self.program.increment(Counter.FRESH_DELETED)
         asm.place(done)
 
     def _delete(self, map_fd: int) -> None:
-        self._lookup_args(map_fd, _KEY)
-        self.asm.call(MAP_DELETE_ELEM)
+        self.program.map_arguments(map_fd, _KEY)
+        self.asm.call(Helper.MAP_DELETE_ELEM)
 
     def _update(self, map_fd: int) -> None:
         asm = self.asm
-        self._lookup_args(map_fd, _KEY)
+        self.program.map_arguments(map_fd, _KEY)
         asm.mov(R3, FP)
         asm.alu(R3, "+", _VALUE)
         asm.mov(R4, 0)  # BPF_ANY
-        asm.call(MAP_UPDATE_ELEM)
-
-    def _lookup_args(self, map_fd: int, key: int) -> None:
-        self.asm.ld_map_fd(R1, map_fd)
-        self.asm.mov(R2, FP)
-        self.asm.alu(R2, "+", key)
+        asm.call(Helper.MAP_UPDATE_ELEM)
 
     def _fire(self) -> None:
         """Tell user space: the record is the attempt key (family, number, source) and the
@@ -812,7 +856,7 @@ class _Generator:
         for offset in range(0, ATTEMPT_KEY.size, 8):
             asm.load("dw", R1, FP, _KEY + offset)
             asm.store("dw", FP, _RECORD + offset, R1)
-        asm.load("w", R1, _CTX, SKB_IFINDEX)
+        asm.load("w", R1, PACKET, SKB_IFINDEX)
         asm.store("w", FP, _RECORD + ATTEMPT_KEY.size, R1)
         asm.store("w", FP, _RECORD + ATTEMPT_KEY.size + 4, 0)
         asm.ld_map_fd(R1, self.maps.ring)
@@ -820,9 +864,9 @@ class _Generator:
         asm.alu(R2, "+", _RECORD)
         asm.mov(R3, RECORD_SIZE)
         asm.mov(R4, 0)
-        asm.call(RINGBUF_OUTPUT)
+        asm.call(Helper.RINGBUF_OUTPUT)
         sent = asm.label()
         asm.jmp(R0, "==", 0, sent)
-        self._increment(Counter.RING_FULL)
+        self.program.increment(Counter.RING_FULL)
         asm.place(sent)
-        self._increment(Counter.COMPLETED)
+        self.program.increment(Counter.COMPLETED)

@@ -99,7 +99,7 @@ class _Attempt(NamedTuple):
 
     A tuple of plain numbers, not an object: the garbage collector stops tracking such tuples,
     so 65k attempts held during a spoofed flood do not make every full collection walk them
-    (as instances, one pass took ~37 ms: a latency spike for real knocks).
+    (as instances they would, and each such pass would delay the real knocks behind it).
     """
 
     started: float

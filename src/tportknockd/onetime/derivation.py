@@ -1,4 +1,4 @@
-"""Time-based one-time sequences, derivation version 1 (normative; the README repeats it).
+"""Time-based one-time sequences, derivation version 1 (normative; see docs/otp-v1.md).
 
 Knocker and daemon share a secret K. Time is cut into windows of `otp_window` seconds,
 numbered w = floor(unix_time / otp_window). The sequence of window w is

@@ -4,8 +4,7 @@ A line holds a sequence in this config's frame syntax (`tcp:7000:s udp:8000`) or
 (`7000,8000:udp,9000`: a bare port is TCP with any flags). Blank lines and lines starting with
 `#` are skipped. When a line's sequence opens the door, the line is commented out (a `#` put in
 front, as knockd does) before start_command runs, so that it can never open it again, even
-after a crash: the file is rewritten to a temporary file, fsynced, renamed over the old one and
-the directory fsynced.
+after a crash: the file is replaced durably (files.replace_durably).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import os
 import re
 import stat
 
+from tportknockd.files import replace_durably
 from tportknockd.frame_syntax import parse_frame, parse_port
 from tportknockd.model import PROTO_TCP, PROTOCOL_NUMBERS, Frame, ListHead, OneTimeList
 
@@ -123,32 +123,11 @@ def mark_used(path: str, line: int) -> None:
     if not 1 <= line <= len(lines) or parse_line(lines[line - 1]) is None:
         raise ListError(f"{path}:{line} no longer holds a sequence")
     lines[line - 1] = "#" + lines[line - 1]
-    _replace(path, "\n".join(lines).encode("utf-8"))
-
-
-def _replace(path: str, data: bytes) -> None:
     info = os.stat(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = f"{path}.tportknockd-tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            # The list is the admin's file: keep its owner and mode across the rewrite.
-            os.fchmod(stream.fileno(), info.st_mode & 0o7777)
-            if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(stream.fileno(), info.st_uid, info.st_gid)
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # The list is the admin's file: keep its owner and mode across the rewrite.
+    replace_durably(
+        path,
+        "\n".join(lines).encode("utf-8"),
+        mode=info.st_mode & 0o7777,
+        owner=(info.st_uid, info.st_gid),
+    )
