@@ -3,12 +3,14 @@
 
 Run as root (`make demo`). It builds a "server" and a "client" network namespace joined by a
 veth pair (documentation addresses only, no default route, so nothing leaves the pair). In the
-server namespace an nftables firewall drops TCP port 22, where a small service answers, and
-tportknockd runs with commands that let a knocker's address through. The client finds the port
-closed, knocks right and gets in, is shut out again after command_delay; a knock with one flag
-missing opens nothing; an IPv6 knock opens the port over IPv6 and stopping the daemon closes
-it. Everything is removed at the end, also after a failure or Ctrl-C. Exit status 0 when every
-step did what it should.
+server namespace a small service answers on TCP port 22, and tportknockd runs with a built-in
+door on that port: its own nftables table (in the server namespace) closes the port, and a
+right knock opens it for the knocker until door_timeout. The client finds the port closed; a
+knock with one flag missing opens nothing; the right knock opens it (and runs the event's
+start_command too); `tportknockd --doors` lists the door; the kernel closes it on time; IPv6
+works the same way; a stopped daemon leaves the port closed, and `tportknockd --remove-table`
+takes the table away. Everything is removed at the end, also after a failure or Ctrl-C. Exit
+status 0 when every step did what it should.
 """
 
 from __future__ import annotations
@@ -34,28 +36,24 @@ SERVER_V4, CLIENT_V4 = "198.51.100.1", "198.51.100.2"
 SERVER_V6, CLIENT_V6 = "2001:db8::1", "2001:db8::2"
 
 SERVICE_PORT = 22
-#: The seed's first example; its commands open and close the firewall through `door`.
+#: The seed's first example sequence.
 SEQUENCE = "udp:1234 tcp:543 tcp:543:i tcp:123:frap tcp:434:x tcp:2345:n"
 #: The same knock with one flag missing from the Xmas frame (`x` is all six flags).
 WRONG_SEQUENCE = SEQUENCE.replace("tcp:434:x", "tcp:434:fsrpa")
-COMMAND_DELAY = 3
+DOOR_TIMEOUT = 5
 DEADLINE = 10.0  # seconds for anything the demo waits for, beyond the delays it configures
 
 CONFIG_TEMPLATE = """\
-# tportknockd demo: the README's first example, opening TCP port 22 in an nftables firewall.
+# tportknockd demo: the README's first event, with the seed's first sequence.
 <ssh>
  sequence      = {sequence}
  timeout       = 10
- start_command = {door} open %IP% && echo "OPEN for %IP%" | tee -a {doors}
- stop_command  = {door} close %IP% && echo "CLOSED for %IP%" | tee -a {doors}
- command_delay = {delay}
+ door          = tcp:{port}
+ door_timeout  = {door_timeout}
+ # A command still runs for each knock, once the door is open: here it only takes notes.
+ start_command = echo "knock from %IP%" | tee -a {knocks}
 </ssh>
 """
-
-#: The firewall of the server namespace (port 22 only for addresses in its sets), and the
-#: script that adds and removes an address: both are the examples the README points at.
-RULESET = REPO / "examples" / "knock.nft"
-DOOR = REPO / "examples" / "door-nft"
 
 #: The service behind the firewall: greets every connection, like an SSH server would.
 SERVICE = """
@@ -295,71 +293,96 @@ def statistics(daemon: Daemon, until: Callable[[dict[str, int]], bool]) -> dict[
         time.sleep(0.2)
 
 
+def tportknockd(nets: Namespaces, *args: str, prefix: str = "tportknockd") -> str:
+    """The command line, run in the server namespace (where the daemon's table is)."""
+    say("$ " + " ".join(nets.argv(nets.server, ["tportknockd", *args])))
+    result = nets.run(nets.server, [sys.executable, "-m", "tportknockd", *args])
+    show(prefix, result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise DemoFailure(f"tportknockd {' '.join(args)} failed with exit status "
+                          f"{result.returncode}")
+    return result.stdout
+
+
 def check_config(nets: Namespaces, config: Path) -> None:
     heading("The configuration")
     say(f"{config}:")
     show("config     ", config.read_text())
-    say(f"\n{DOOR.relative_to(REPO)}, which the commands call:")
-    show("door-nft   ", DOOR.read_text())
     say("\nChecked and spelled out by the daemon itself:")
-    say(f"$ tportknockd -C {config}")
-    result = nets.run(nets.server, [sys.executable, "-m", "tportknockd", "-C", str(config)])
-    show("tportknockd", result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise DemoFailure("tportknockd -C rejected the demo config")
+    tportknockd(nets, "-C", str(config))
+
+
+def attempt(nets: Namespaces, host: str) -> str:
+    """One connection attempt from the client: "answered: ..." or "no answer: ..."."""
+    result = nets.run(nets.client, [sys.executable, "-c", CONNECT, host, str(SERVICE_PORT)])
+    return result.stdout.strip() or result.stderr.strip()
+
+
+def target(host: str) -> str:
+    return f"[{host}]:{SERVICE_PORT}" if ":" in host else f"{host}:{SERVICE_PORT}"
 
 
 def connect(nets: Namespaces, host: str, expect_answer: bool) -> None:
     """Try the service from the client, once; fail the demo if the outcome is not `expect`."""
-    target = f"[{host}]" if ":" in host else host
-    result = nets.run(nets.client, [sys.executable, "-c", CONNECT, host, str(SERVICE_PORT)])
-    outcome = result.stdout.strip() or result.stderr.strip()
-    say(f"client -> {target}:{SERVICE_PORT}: {outcome}")
+    outcome = attempt(nets, host)
+    say(f"client -> {target(host)}: {outcome}")
     if outcome.startswith("answered") != expect_answer:
         raise DemoFailure(f"port {SERVICE_PORT} was {'closed' if expect_answer else 'open'} "
                           f"for the client, but should have been the opposite")
 
 
-def firewall(nets: Namespaces, workdir: Path, started: list[subprocess.Popen[str]]) -> None:
-    heading(f"A firewall in the server namespace: TCP port {SERVICE_PORT} is closed")
-    say(f"$ nft -f {RULESET.relative_to(REPO)}")
-    nets.run(nets.server, ["nft", "-f", str(RULESET)], check=True)
-    show("knock.nft  ", RULESET.read_text())
-    service = subprocess.Popen(
+def wait_closed(nets: Namespaces, host: str, opened: float) -> None:
+    """Try the service until it no longer answers (the door's timeout, in the kernel), and
+    say when that was."""
+    deadline = opened + DOOR_TIMEOUT + DEADLINE
+    while True:
+        tried = time.monotonic()
+        outcome = attempt(nets, host)
+        if not outcome.startswith("answered"):
+            break
+        if tried >= deadline:
+            raise DemoFailure(f"the door to {target(host)} did not close at its timeout")
+        time.sleep(0.2)
+    say(f"client -> {target(host)}: {outcome}")
+    say(f"\n>> closed by the kernel {tried - opened:.1f} s after the door opened "
+        f"(door_timeout = {DOOR_TIMEOUT} s)")
+
+
+def service(nets: Namespaces, started: list[subprocess.Popen[str]]) -> None:
+    heading(f"A service on TCP port {SERVICE_PORT} in the server namespace")
+    proc = subprocess.Popen(
         nets.argv(nets.server, [sys.executable, "-c", SERVICE, SERVER_V4, SERVER_V6,
                                 str(SERVICE_PORT)]),
         stdout=subprocess.PIPE, text=True)
-    started.append(service)
-    if service.stdout is None or service.stdout.readline().strip() != "listening":
+    started.append(proc)
+    if proc.stdout is None or proc.stdout.readline().strip() != "listening":
         raise DemoFailure("the demo service did not start")
-    say(f"A service listens on port {SERVICE_PORT}; the firewall drops what comes to it:")
-    connect(nets, SERVER_V4, expect_answer=False)
-
-
-def right_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
-    heading("A right knock opens the door")
-    say(f"The client knocks the six frames of the sequence at {SERVER_V4}.")
-    knock(nets, SERVER_V4, *SEQUENCE.split())
-    daemon.wait_for(rf"ssh: knock from {re.escape(CLIENT_V4)} accepted: opening",
-                    "the accepted knock")
-    opened = wait_file_line(doors, f"OPEN for {CLIENT_V4}", DEADLINE)
-    say(f"\n>> start_command ran: OPEN for {CLIENT_V4}")
+    say("No firewall yet: the service answers everyone.")
     connect(nets, SERVER_V4, expect_answer=True)
 
-    heading(f"The door closes after command_delay ({COMMAND_DELAY} s)")
-    closed = wait_file_line(doors, f"CLOSED for {CLIENT_V4}", COMMAND_DELAY + DEADLINE)
-    say(f"\n>> stop_command ran {closed - opened:.1f} s later: CLOSED for {CLIENT_V4}")
+
+def start_daemon(nets: Namespaces, config: Path, started: list[Daemon]) -> Daemon:
+    heading("Starting tportknockd: its own nftables table closes the door port")
+    daemon = Daemon(nets, config)
+    started.append(daemon)
+    daemon.wait_for(r"ready: \d+ events?", "that it is ready")
+    say("\nThe table it installed in the server namespace (the set elements are open doors):")
+    say(f"$ ip netns exec {nets.server} nft list table inet tportknockd")
+    table = nets.run(nets.server, ["nft", "list", "table", "inet", "tportknockd"], check=True)
+    show("nft        ", table.stdout)
+    say("\nThe same client, the same service, now:")
     connect(nets, SERVER_V4, expect_answer=False)
+    return daemon
 
 
-def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
+def wrong_knock(nets: Namespaces, daemon: Daemon, knocks: Path) -> None:
     heading("A wrong knock opens nothing")
-    say("The same sequence, but frame 5 carries FIN+SYN+RST+PSH+ACK instead of all six flags")
+    say("The sequence, but frame 5 carries FIN+SYN+RST+PSH+ACK instead of all six flags")
     say("(URG is missing). Every flag bit must be exactly right.")
     before = statistics(daemon, lambda c: True)
     # With the kernel engine packets never reach the daemon: its program counts the knocks.
     counted = "kernel_knocks" if "kernel_knocks" in before else "packets"
-    opens_before = count_lines(doors, "OPEN")
+    knocks_before = count_lines(knocks, "knock from")
     knock(nets, SERVER_V4, *WRONG_SEQUENCE.split())
     frames = len(WRONG_SEQUENCE.split())
     # The frame with the wrong flags may never reach the daemon: where a port's frames all
@@ -372,7 +395,8 @@ def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
     time.sleep(0.3)  # a last look, in case the wrong frame is still on its way
     after = statistics(daemon, lambda c: True)
     seen = after[counted] - before[counted]
-    if after["fired"] != before["fired"] or count_lines(doors, "OPEN") != opens_before:
+    if (after["fired"] != before["fired"] or count_lines(knocks, "knock from") != knocks_before
+            or any(" opened for " in line for line in daemon.lines)):
         raise DemoFailure("the wrong knock opened the door")
     connect(nets, SERVER_V4, expect_answer=False)
     if seen < frames:
@@ -384,21 +408,62 @@ def wrong_knock(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
             f"(fired stays {after['fired']})")
 
 
-def ipv6_knock_and_stop(nets: Namespaces, daemon: Daemon, doors: Path) -> None:
-    heading("IPv6 works the same way")
-    knock(nets, "-6", SERVER_V6, *SEQUENCE.split())
-    wait_file_line(doors, f"OPEN for {CLIENT_V6}", DEADLINE)
-    say(f"\n>> start_command ran: OPEN for {CLIENT_V6}")
-    connect(nets, SERVER_V6, expect_answer=True)
+def right_knock(nets: Namespaces, daemon: Daemon, knocks: Path) -> None:
+    heading("A right knock opens the door, for the knocker alone")
+    say(f"The client knocks the six frames of the sequence at {SERVER_V4}.")
+    knock(nets, SERVER_V4, *SEQUENCE.split())
+    match = daemon.wait_for(rf"door ssh opened for {re.escape(CLIENT_V4)} "
+                            rf"\(tcp:{SERVICE_PORT}\) for {DOOR_TIMEOUT} s via {SERVER_IF}",
+                            "the open door")
+    opened = time.monotonic()
+    say(f"\n>> the daemon: {match.group(0)}")
+    connect(nets, SERVER_V4, expect_answer=True)
+    wait_file_line(knocks, f"knock from {CLIENT_V4}", DEADLINE)
+    say(f">> and the start_command ran alongside the door: {knocks} now holds "
+        f"\"knock from {CLIENT_V4}\"")
 
-    heading("Stopping the daemon closes every door still open")
-    say("SIGTERM, before the IPv6 door's command_delay is over:")
+    say("\nThe doors open now, read from the kernel:")
+    listing = tportknockd(nets, "--doors")
+    if f"{CLIENT_V4}/32" not in listing or "1 open door" not in listing:
+        raise DemoFailure("tportknockd --doors does not list the open door")
+
+    heading(f"The kernel closes the door at its door_timeout ({DOOR_TIMEOUT} s)")
+    say("The client tries again until it gets no answer:")
+    wait_closed(nets, SERVER_V4, opened)
+
+
+def ipv6_knock(nets: Namespaces, daemon: Daemon) -> float:
+    heading("IPv6 works the same way")
+    connect(nets, SERVER_V6, expect_answer=False)
+    knock(nets, "-6", SERVER_V6, *SEQUENCE.split())
+    match = daemon.wait_for(rf"door ssh opened for {re.escape(CLIENT_V6)} "
+                            rf"\(tcp:{SERVICE_PORT}\)", "the open IPv6 door")
+    opened = time.monotonic()
+    say(f"\n>> the daemon: {match.group(0)}")
+    connect(nets, SERVER_V6, expect_answer=True)
+    return opened
+
+
+def stop_daemon(nets: Namespaces, daemon: Daemon, opened_v6: float) -> None:
+    heading("Stopping the daemon leaves the port closed")
+    say("SIGTERM, while the IPv6 door is still open:")
     status = daemon.stop()
-    wait_file_line(doors, f"CLOSED for {CLIENT_V6}", 1)
     if status != 0:
         raise DemoFailure(f"the daemon exited with status {status}")
-    say(f"\n>> stop_command ran at shutdown: CLOSED for {CLIENT_V6}; exit status {status}")
-    connect(nets, SERVER_V6, expect_answer=False)
+    say(f"\n>> exit status {status}; the table stays in the kernel:")
+    listing = tportknockd(nets, "--doors")
+    if f"{CLIENT_V6}/128" not in listing:
+        raise DemoFailure("the IPv6 door was gone with the daemon")
+    say("\nNo daemon, and the port is still closed to whoever has no open door:")
+    connect(nets, SERVER_V4, expect_answer=False)
+    say("The IPv6 door stays open until its own timeout, then the kernel closes it:")
+    wait_closed(nets, SERVER_V6, opened_v6)
+
+    heading("Removing the table")
+    say("`tportknockd --remove-table` takes the daemon's table away (the package's")
+    say("uninstall does the same): the port is no longer guarded.")
+    tportknockd(nets, "--remove-table")
+    connect(nets, SERVER_V4, expect_answer=True)
 
 
 def tour(nets: Namespaces, workdir: Path, started: list[Daemon],
@@ -409,21 +474,17 @@ def tour(nets: Namespaces, workdir: Path, started: list[Daemon],
     say(f"client namespace {nets.client}: {CLIENT_IF} {CLIENT_V4}/24 {CLIENT_V6}/64")
     say("(documentation addresses, no default route: nothing leaves the pair)")
 
-    doors = workdir / "doors"
+    knocks = workdir / "knocks"
     config = workdir / "knock.conf"
-    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, door=DOOR, doors=doors,
-                                             delay=COMMAND_DELAY))
-    firewall(nets, workdir, helpers)
+    config.write_text(CONFIG_TEMPLATE.format(sequence=SEQUENCE, port=SERVICE_PORT,
+                                             door_timeout=DOOR_TIMEOUT, knocks=knocks))
+    service(nets, helpers)
     check_config(nets, config)
-
-    heading("Starting tportknockd in the server namespace")
-    daemon = Daemon(nets, config)
-    started.append(daemon)
-    daemon.wait_for(r"ready: \d+ events?", "that it is ready")
-
-    right_knock(nets, daemon, doors)
-    wrong_knock(nets, daemon, doors)
-    ipv6_knock_and_stop(nets, daemon, doors)
+    daemon = start_daemon(nets, config, started)
+    wrong_knock(nets, daemon, knocks)
+    right_knock(nets, daemon, knocks)
+    opened_v6 = ipv6_knock(nets, daemon)
+    stop_daemon(nets, daemon, opened_v6)
 
 
 def preflight() -> str | None:

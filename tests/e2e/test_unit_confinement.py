@@ -1,7 +1,8 @@
 """The daemon run the way packaging/tportknockd.service runs it, where no systemd runs: as an
 unprivileged user with the unit's ambient capabilities, bounding set, no-new-privileges and
 umask (taken from the unit file, through setpriv), on the system's Python. A real knock opens
-and closes a real nftables door, and an iptables one, from inside that confinement.
+and closes a real nftables door, and an iptables one, and a built-in door (the daemon's own
+table), from inside that confinement.
 
 The system call filter is checked against what really happens: under strace, every system
 call the daemon and its commands make while a knock opens and closes a door must be one the
@@ -209,6 +210,35 @@ def test_knock_opens_and_closes_a_real_door_as_the_unit_runs_it(
     daemon.wait_log(rf"ssh: closing for {CLIENT_V4}")
     assert wait_until(lambda: answer(pair, SERVER_V4).startswith("closed")), daemon.log_text()
     assert daemon.log_text().count("exit status 0") == 2, daemon.log_text()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+DOOR_TIMEOUT = 3
+
+
+def test_a_built_in_door_opens_and_closes_as_the_unit_runs_it(
+    pair: Pair, service: None, confined: Confined, tmp_path: Path
+) -> None:
+    """The daemon's own table, installed and filled as the unit's user with the unit's
+    capabilities (CAP_NET_ADMIN through libnftables): no firewall of the administrator's."""
+    daemon = start_confined(pair, confined, tmp_path, f"""
+<ssh>
+ sequence     = {SEQUENCE}
+ timeout      = 5
+ door         = tcp:{PORT}
+ door_timeout = {DOOR_TIMEOUT}
+</ssh>
+""")
+    assert answer(pair, SERVER_V4).startswith("closed")
+
+    daemon.knock(SERVER_V4, *SEQUENCE.split())
+    daemon.wait_log(rf"door ssh opened for {CLIENT_V4} \(tcp:{PORT}\) for {DOOR_TIMEOUT} s via ")
+    assert answer(pair, SERVER_V4) == "hello", daemon.log_text()
+    # The kernel closes it at its timeout: a new connection fails again.
+    assert wait_until(lambda: answer(pair, SERVER_V4).startswith("closed"),
+                      DOOR_TIMEOUT + DEADLINE), daemon.log_text()
+    assert "ERROR" not in daemon.log_text(), daemon.log_text()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
