@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import StartDaemon
-from test_doors import answer
+from test_builtin_doors import answer
 
 from netns import CLIENT_V4, SERVER_V4, Pair
 
