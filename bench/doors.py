@@ -85,6 +85,7 @@ SEQUENCE = (Frame(PROTO_UDP, 7000, None), Frame(PROTO_TCP, 7001, SYN), Frame(PRO
 SPOOF_FIRST = SPOOF_BASE + 1
 
 PARTS = ("dopen", "dspoof", "dflood")
+PROBE_PRIORITY = 10
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,10 @@ class DoorBench:
     def knock_and_probe(self, source: str, kind: str = "") -> dict[str, Any]:
         """A knock from `source`, with its prober started first."""
         s = self.settings
-        argv = self.bed.in_client(["taskset", "-c", str(GENERATOR_CPU), sys.executable,
+        # Real-time (SCHED_FIFO) on the generator CPU: it sleeps between attempts, so the
+        # client and tcpdump still run, but it is never kept waiting behind them.
+        argv = self.bed.in_client(["taskset", "-c", str(GENERATOR_CPU), "chrt", "-f",
+                                   str(PROBE_PRIORITY), sys.executable,
                                    str(PROBE), "probe", source, SERVER_V4, str(DOOR_PORT),
                                    str(s.probe_interval_us), f"{s.probe_s:g}"])
         prober = self.procs.start(argv, stdout=subprocess.PIPE, text=True)
