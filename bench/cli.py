@@ -13,8 +13,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.daemons import DAEMONS, KERNEL_COLUMN
+from bench.doors import PARTS, DoorSettings, run_doors
 from bench.kernel_cost import KernelCost, describe, measure
 from bench.measure import machine
 from bench.plot import plot
@@ -57,9 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and the same floods.")
     parser.add_argument("--quick", action="store_true",
                         help="fewer knocks and 3 s floods, to try it out (~1.5 min)")
-    parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
-                        help="comma-separated subset of: "
-                        + ",".join(s.key for s in SCENARIOS))
+    keys = [s.key for s in SCENARIOS] + list(PARTS)
+    parser.add_argument("--scenarios", default=",".join(keys),
+                        help="comma-separated subset of: " + ",".join(keys)
+                        + " (dopen, dspoof, dflood: the door figures, bench.doors)")
     parser.add_argument("--daemons", default=",".join(d.name for d in DAEMONS),
                         help="comma-separated subset of: " + ",".join(d.name for d in DAEMONS))
     parser.add_argument("--out", type=Path, default=RESULTS,
@@ -80,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if s.key in wanted]
     chosen = set(args.daemons.split(","))
     daemons = [d for d in DAEMONS if d.name in chosen]
+    parts = [p for p in PARTS if p in wanted]
+    door_settings = DoorSettings.quick() if args.quick else DoorSettings()
+    doors: dict[str, Any] = {}
     os.sched_setaffinity(0, {GENERATOR_CPU})
     began = time.monotonic()
     kernel = any(d.name == KERNEL_COLUMN for d in daemons)
@@ -94,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 run_all(bed, procs, workdir, settings, scenarios, daemons, outcomes,
                         watch_programs=statistics is not None)
+                if parts:
+                    run_doors(bed, procs, workdir, door_settings, parts, doors)
             finally:
                 procs.end_all()  # before the namespaces go
     finally:
@@ -106,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"working files kept in {workdir}")
     # Every daemon known gets its column, run or not (an unrun one shows "—").
     table = Table(SCENARIOS, [d.name for d in DAEMONS], settings)
-    report(table, outcomes, cost, args.out, time.monotonic() - began)
+    report(table, outcomes, cost, args.out, time.monotonic() - began, doors or None)
     return 0
 
 
@@ -121,15 +129,15 @@ def kernel_cost(settings: Settings) -> KernelCost:
 
 
 def report(table: Table, outcomes: list[Outcome], cost: KernelCost | None, out: Path,
-           seconds: float) -> None:
+           seconds: float, doors: dict[str, Any] | None = None) -> None:
     sums = summarize_all(outcomes)
     whole = overall(outcomes, table.daemons)
     info = machine()
     info["run_seconds"] = f"{seconds:.0f}"
-    markdown = (render_markdown(table, info, sums, whole, cost)
+    markdown = (render_markdown(table, info, sums, whole, cost, doors)
                 + closing_line(seconds, table.settings))
     md, js = write(out, markdown,
-                   results_json(info, table.settings, sums, whole, outcomes, cost))
+                   results_json(info, table.settings, sums, whole, outcomes, cost, doors))
     png = out / "latest.png"
     plot(png, table.scenarios, table.daemons, outcomes, sums)
     print()

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.daemons import ENGINE_PAIR, KERNEL_COLUMN
+from bench.door_report import DOOR_NOTES, DOOR_TARGETS, door_summary, render_doors
+from bench.doors import BUILTIN, COMMAND_SIDE, KNOCKD_SIDE
 from bench.kernel_cost import ROWS as KERNEL_COST_ROWS
 from bench.kernel_cost import KernelCost
 from bench.scenarios import Rows, Scenario
@@ -316,7 +318,10 @@ def _line(cells: Sequence[str]) -> str:
 
 def render_markdown(table: Table, info: dict[str, str], sums: Summaries,
                     overall: dict[str, dict[str, Any]],
-                    kernel_cost: KernelCost | None = None) -> str:
+                    kernel_cost: KernelCost | None = None,
+                    doors: dict[str, Any] | None = None) -> str:
+    """The report; `doors`: the door figures (bench.doors), a section of their own when
+    given (older results have none)."""
     settings = table.settings
     ratios = table.ratio_headings()
     blank = " |" * (len(table.daemons) + 1 + len(ratios))
@@ -343,7 +348,9 @@ def render_markdown(table: Table, info: dict[str, str], sums: Summaries,
     for title, rows in sections:
         lines.append(f"| **{title}** |{blank}")
         lines += [_line([r.label, *r.values, r.target, *r.ratios]) for r in rows]
-    lines += ["", *NOTES]
+    if doors:
+        lines += render_doors(doors, BUILTIN, COMMAND_SIDE, KNOCKD_SIDE)
+    lines += ["", *NOTES, *(DOOR_NOTES if doors else [])]
     return "\n".join(lines) + "\n"
 
 
@@ -459,12 +466,18 @@ def one_line(summary: dict[str, Any]) -> str:
 
 def results_json(info: dict[str, str], settings: Settings, sums: Summaries,
                  overall: dict[str, dict[str, Any]], outcomes: Sequence[Outcome],
-                 kernel_cost: KernelCost | None = None) -> str:
-    return json.dumps({
+                 kernel_cost: KernelCost | None = None,
+                 doors: dict[str, Any] | None = None) -> str:
+    """The JSON file; the door figures (raw, their summary and targets) only when given."""
+    data: dict[str, Any] = {
         "machine": info, "settings": asdict(settings), "targets": TARGETS,
         "summary": sums, "overall": overall, "outcomes": [asdict(o) for o in outcomes],
         "kernel_cost": asdict(kernel_cost) if kernel_cost else None,
-    }, indent=1) + "\n"
+    }
+    if doors:
+        data |= {"doors": doors, "door_summary": door_summary(doors),
+                 "door_targets": DOOR_TARGETS}
+    return json.dumps(data, indent=1) + "\n"
 
 
 def write(out: Path, markdown: str, results: str) -> tuple[Path, Path]:
