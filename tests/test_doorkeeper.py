@@ -160,3 +160,29 @@ def test_the_log_names_the_interface_of_the_last_frame_and_fired_is_counted(
     assert f"ssh: knock from {A} while open: stop pushed back" in caplog.text
     assert "(on knk0)" in caplog.text
     assert d.counters.fired == 1
+
+
+def test_the_state_file_is_written_only_when_what_it_holds_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A door-only event (no stop due) has nothing to record: its knocks open the door at
+    once, without waiting for a disk write; a door pushed back is written again."""
+    saves: list[int] = []
+    real_save = state.save
+
+    def counting_save(*args: object) -> None:
+        saves.append(1)
+        real_save(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state, "save", counting_save)
+    door_only = Event("ssh", EVENT.frames, 10.0, None)
+    engine = Engine(Config("t.conf", (door_only,)))
+    keeper = Doorkeeper(engine, [], str(tmp_path / "doors.json"), Counters())
+    for _ in range(3):
+        knock(keeper, time.monotonic())
+    assert len(saves) == 1  # the first record of this run; nothing changed after it
+    commands = doorkeeper_for(tmp_path / "other.json", RecordingRunner(tmp_path / "other.json"))
+    saves.clear()
+    knock(commands, time.monotonic())
+    knock(commands, time.monotonic() + 1)  # pushed back: the due time changed
+    assert len(saves) == 2

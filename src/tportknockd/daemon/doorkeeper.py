@@ -9,6 +9,7 @@ At start-up it takes over the doors a previous run left open.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -98,6 +99,8 @@ class Doorkeeper:
         self.state_file = state_file  # None: keep no record
         self.counters = counters
         self.use_list_line = use_list_line
+        #: What the state file holds (None: not written by this run yet).
+        self._recorded: tuple[tuple[object, ...], ...] | None = None
 
     def perform(self, actions: list[Action], via: str | None = None) -> None:
         """Carry out the engine's actions, keeping the state file ahead of the doors.
@@ -182,18 +185,25 @@ class Doorkeeper:
     # -- the record -------------------------------------------------------------------------
 
     def _record(self) -> None:
-        """Write every open door to the state file (atomically, durably)."""
+        """Write every open door to the state file (atomically, durably), unless the file
+        holds it already: a knock that only opens a door in the nftables table (no stop is
+        due) must not wait for a disk write."""
         path = self.state_file
         if path is None:
+            return
+        open_doors, burned = self.engine.open_doors(), self.engine.doors.burns()
+        # Values, not the Door objects: a door pushed back changes in place.
+        recorded = (tuple(dataclasses.astuple(d) for d in open_doors), tuple(burned))
+        if recorded == self._recorded:
             return
         wall, mono = time.time(), time.monotonic()
         doors = [
             state.SavedDoor(d.event, d.address, wall + d.due - mono, d.stop_command, d.delay)
-            for d in self.engine.open_doors()
+            for d in open_doors
         ]
         burns = [
             state.SavedBurn(b.event, b.address, b.window, " ".join(map(format_frame, b.frames)))
-            for b in self.engine.doors.burns()
+            for b in burned
         ]
         try:
             state.save(path, doors, burns)
@@ -201,6 +211,8 @@ class Doorkeeper:
             log.error(
                 "cannot record open doors in %s: %s (a crash now would leave them open)", path, exc
             )
+            return
+        self._recorded = recorded
 
     def _restore_burns(self, burns: list[state.SavedBurn]) -> None:
         for burn in burns:
