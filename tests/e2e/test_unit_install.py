@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -66,13 +67,32 @@ def _man_cache() -> set[Path]:
     return set(Path(MAN_CACHE).glob("**/cat*/*tportknock*"))
 
 
+#: The daemon's default state directory: a daemon run by hand before the test (with its
+#: default --state-file) leaves it behind, with nothing of the package in it. Purging the
+#: package removes it, so the test puts it aside for its run and back afterwards, under a
+#: name that is not one of the package's traces.
+STATE_DIR = Path("/var/lib/tportknockd")
+STATE_ASIDE = Path("/var/lib/.tpk-test-state-put-aside")
+
+
+def _restore_state_dir() -> None:
+    if STATE_ASIDE.exists():
+        if STATE_DIR.exists():
+            shutil.rmtree(STATE_DIR)
+        STATE_ASIDE.rename(STATE_DIR)
+
+
 @pytest.fixture
 def clean_machine() -> Iterator[set[str]]:
-    """The package's traces before the test (normally none); afterwards, man-db's cache
-    loses the pages the test formatted."""
+    """The package's traces before the test (normally none; a state directory left by the
+    daemon is put aside for the test's run); afterwards, man-db's cache loses the pages the
+    test formatted."""
     require_root(NAMESPACES)
     if _package_status() != "not known":
         _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
+    _restore_state_dir()  # put aside by an interrupted run
+    if STATE_DIR.exists():
+        STATE_DIR.rename(STATE_ASIDE)
     cached = _man_cache()
     try:
         yield _traces()
@@ -81,6 +101,7 @@ def clean_machine() -> Iterator[set[str]]:
             _sh(*APT, "purge", PACKAGE, check=False)
         for page in _man_cache() - cached:
             page.unlink()
+        _restore_state_dir()
 
 
 def _user_exists() -> bool:
