@@ -30,7 +30,9 @@ from privileges import NAMESPACES, require_root
 from tportknockd import __version__
 from tportknockd.config import format_frame, load_config
 
-pytestmark = pytest.mark.e2e
+# It installs and purges the package system-wide and searches the whole machine for traces:
+# never beside another test that changes the machine (make test runs tests on two workers).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("machine")]
 
 PACKAGE = "tportknockd"
 USER = "tportknockd"
