@@ -10,6 +10,8 @@ leaves it as it found it, and a package left installed by an interrupted run is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -17,6 +19,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,12 +87,40 @@ def _restore_state_dir() -> None:
         STATE_ASIDE.rename(STATE_DIR)
 
 
+#: Held while a test changes the machine: another run of the suite on the same machine (a
+#: second checkout, a second xdist worker in another --dist mode) waits its turn.
+MACHINE_LOCK = Path("/run/lock/tpk-tests-machine.lock")
+
+
+@contextlib.contextmanager
+def _machine_lock(timeout: float = 900) -> Iterator[None]:
+    with open(MACHINE_LOCK, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{MACHINE_LOCK} still held after {timeout:.0f} s")
+                time.sleep(0.1)  # polling a lock another run holds
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def clean_machine() -> Iterator[set[str]]:
     """The package's traces before the test (normally none; a state directory left by the
     daemon is put aside for the test's run); afterwards, man-db's cache loses the pages the
-    test formatted."""
+    test formatted. The machine is the test's alone meanwhile (MACHINE_LOCK)."""
     require_root(NAMESPACES)
+    with _machine_lock():
+        yield from _clean_machine()
+
+
+def _clean_machine() -> Iterator[set[str]]:
     if _package_status() != "not known":
         _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
     _restore_state_dir()  # put aside by an interrupted run
