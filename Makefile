@@ -28,8 +28,12 @@ lint: setup
 	$(PY) -m ruff check src tests scripts bench
 	$(PY) -m mypy
 
+# On TEST_JOBS workers (pytest-xdist; auto: one a core). The tests that change the machine
+# itself (the package installed system-wide, a unit's user) share one worker, in turn
+# (xdist_group marks, --dist loadgroup); every e2e test has namespaces of its own.
+TEST_JOBS ?= auto
 test: setup lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_JOBS) --dist loadgroup
 
 unit: setup
 	$(PY) -m pytest -q -m 'not e2e'

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,13 @@ FLOOD_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "flood.py"
 def _kill9(daemon_proc: subprocess.Popen[str]) -> None:
     daemon_proc.send_signal(signal.SIGKILL)
     daemon_proc.wait(10)
+
+
+def received(pair: Pair) -> int:
+    """How many packets the server's end of the pair has received."""
+    out = subprocess.run(["ip", "-n", pair.server, "-j", "-s", "link", "show", "dev",
+                          pair.server_if], check=True, capture_output=True, text=True).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
 
 
 def test_open_door_is_closed_after_sigkill_and_restart(
@@ -62,7 +70,10 @@ def test_door_due_while_the_daemon_was_dead_closes_at_start(
     assert first.proc is not None
     _kill9(first.proc)  # at once: well before the 0.5 s delay is over
     closed_by_first = f"ssh close {CLIENT_V4}" in first.action_lines()
-    wait_until(lambda: False, 0.7)  # let the due time pass while no daemon runs
+    # Let the due time the record says pass while no daemon runs.
+    due = max([door["due"] for door in json.loads((tmp_path / "doors.json").read_text())["doors"]],
+              default=0.0)
+    assert wait_until(lambda: time.time() > due)
     second = start_daemon(config)
     if not closed_by_first:
         second.wait_log(rf"door for {CLIENT_V4} was left open by an earlier run: closing now")
@@ -126,8 +137,9 @@ def test_spoofed_flood_keeps_memory_bounded_and_real_knock_fires(
         stdout=subprocess.PIPE, env=child_env(),
     )
     try:
-        # Knock while the flood runs: the real attempt must not be lost among 100k fakes.
-        wait_until(lambda: False, 2.0)
+        # Knock while the flood runs (once a second of it has reached the server): the real
+        # attempt must not be lost among 100k fakes.
+        assert wait_until(lambda: received(pair) >= 20_000), received(pair)
         daemon.knock(SERVER_V4, *FLOOD_SEQUENCE.split(), options=("-d", "1"))
         out, _ = flood.communicate(timeout=60)
     finally:
@@ -201,7 +213,7 @@ def test_no_unfiltered_packet_reaches_the_daemon_while_it_starts(
         stdout=subprocess.PIPE, env=child_env(),
     )
     try:
-        wait_until(lambda: False, 0.3)
+        assert wait_until(lambda: received(pair) >= 1000), received(pair)  # the flood is on
         daemon = start_daemon(block("ssh", SHORT))
         daemon.knock(SERVER_V4, *SHORT.split())
         daemon.wait_action(f"ssh open {CLIENT_V4}")

@@ -7,10 +7,13 @@ link, and replayed (tests/support/replay.py, scapy) from the same and from anoth
 from __future__ import annotations
 
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,22 +97,77 @@ class Capture:
                 self.proc.wait(5)
 
 
-def capture_knock(run: DaemonRun, path: Path) -> None:
+def pcap_frames(path: Path) -> int:
+    """How many packets a pcap file (tcpdump -w) holds so far."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    count, offset = 0, 24  # the file header
+    while offset + 16 <= len(data):
+        (captured,) = struct.unpack_from("=I", data, offset + 8)
+        if offset + 16 + captured > len(data):
+            break
+        count, offset = count + 1, offset + 16 + captured
+    return count
+
+
+def capture_knock(run: DaemonRun, path: Path, frames: int = 4) -> None:
     capture = Capture(run.pair, path)
     try:
         otp_knock(run)
-        time.sleep(0.3)  # tcpdump -U writes each packet as it comes; let the last one land
+        # tcpdump -U writes each packet as it comes: wait until the last one is in the file.
+        assert wait_until(lambda: pcap_frames(path) >= frames), f"{pcap_frames(path)} captured"
     finally:
         capture.stop()
 
 
-def replay(pair: Pair, pcap: Path, source: str | None = None) -> None:
-    argv = [sys.executable, str(REPLAY), str(pcap), pair.client_if]
-    if source is not None:
-        argv.append(source)
-    result = pair.run(pair.client, argv, env=child_env(), capture_output=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "replayed 4 frames" in result.stdout, result.stdout
+class Replayer:
+    """tests/support/replay.py in the client namespace, started ahead (scapy's import takes
+    seconds on a loaded machine), replaying a pcap on request in some tens of milliseconds."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.proc = pair.popen(pair.client, [sys.executable, str(REPLAY), pair.client_if],
+                               env=child_env(), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def ready(self) -> Replayer:
+        self._answer("ready")
+        return self
+
+    def replay(self, pcap: Path, source: str | None = None) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{pcap} {source or ''}\n")
+        self.proc.stdin.flush()
+        self._answer("replayed 4 frames")
+
+    def _answer(self, expected: str, timeout: float = 60) -> None:
+        assert self.proc.stdout is not None
+        # It prints whole lines, flushed: once there is something to read, a line is there.
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().strip() if readable else "(nothing)"
+        if line != expected:
+            self.close()
+            assert self.proc.stderr is not None
+            pytest.fail(f"replay.py said {line!r}, not {expected!r}: {self.proc.stderr.read()}")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # ours, by its PID
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def replayer(pair: Pair) -> Iterator[Replayer]:
+    started = Replayer(pair)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 def add_other_address(pair: Pair) -> None:
@@ -118,33 +176,32 @@ def add_other_address(pair: Pair) -> None:
 
 
 def test_one_time_knock_opens_and_replays_open_nothing(
-    start_daemon: StartDaemon, secret: Path, tmp_path: Path
+    start_daemon: StartDaemon, replayer: Replayer, secret: Path, tmp_path: Path
 ) -> None:
-    # A longer window: replays with scapy take seconds on a loaded machine, and the late ones
-    # must come while the knock's window is still within reach (until two windows later).
-    # The door stays open 6 s: two replays (2-2.5 s each under load, scapy's start-up) must
-    # come before it closes; with 4 s the second one sometimes came just after.
-    window = 10
-    run = start_daemon(config_with_sentinel(otp_block(secret, delay=6, window=window)))
+    # The replayer is ready before the knock, so a replay takes some tens of milliseconds:
+    # the door's 3 s are ample for the two replays while it is open, and the late ones come
+    # well before the knock's window is out of reach (two windows after it began).
+    run = start_daemon(config_with_sentinel(otp_block(secret, delay=3)))
     add_other_address(run.pair)
+    replayer.ready()
     pcap = tmp_path / "knock.pcap"
-    start = at_window_start(room=window - 2, window=window)
+    start = at_window_start(room=WINDOW - 2)
     capture_knock(run, pcap)
     run.wait_action(f"ssh open {CLIENT_V4}")
     # Same window, another address: logged as a replay, nothing opens.
-    replay(run.pair, pcap, OTHER_V4)
+    replayer.replay(pcap, OTHER_V4)
     run.wait_log(rf"ssh: replayed sequence from {OTHER_V4}, first used by {CLIENT_V4}")
     # Same window, same address, door open: only pushes the stop back.
-    replay(run.pair, pcap)
+    replayer.replay(pcap)
     run.wait_log(rf"ssh: knock from {CLIENT_V4} while open: stop pushed back")
     run.wait_action(f"ssh close {CLIENT_V4}")
     # Later: the door has closed and the window has moved on (still within reach).
-    wait_until(lambda: time.time() >= start + window, window)
-    replay(run.pair, pcap)
+    wait_until(lambda: time.time() >= start + WINDOW, WINDOW)
+    replayer.replay(pcap)
     run.wait_log(rf"ssh: replayed sequence from {CLIENT_V4}, first used by {CLIENT_V4}")
-    replay(run.pair, pcap, OTHER_V4)
+    replayer.replay(pcap, OTHER_V4)
     run.wait_log(rf"ssh: replayed sequence from {OTHER_V4}, first used by {CLIENT_V4}", count=2)
-    assert time.time() < start + 2 * window, "too slow: the replays came after the window"
+    assert time.time() < start + 2 * WINDOW, "too slow: the replays came after the window"
     run.sentinel()
     assert run.action_lines().count(f"ssh open {CLIENT_V4}") == 1
     assert f"ssh open {OTHER_V4}" not in run.action_lines()
@@ -176,18 +233,20 @@ def test_the_kernel_filter_passes_only_the_live_windows(
     before = run.statistics()[counter]
     otp_knock(run, "--window-offset=-2")  # out of reach: the kernel drops all four frames
     otp_knock(run, "--window-offset=2")
-    time.sleep(0.5)
-    assert run.statistics()[counter] == before
+    # The sentinel's three frames, sent after those eight, are counted once they fired.
+    run.sentinel()
+    assert run.statistics()[counter] == before + 3
     otp_knock(run)
     run.wait_action(f"ssh open {CLIENT_V4}")
-    assert run.statistics()[counter] == before + 4
+    assert run.statistics()[counter] == before + 3 + 4
 
 
 def test_a_restart_after_sigkill_does_not_unburn(
-    start_daemon: StartDaemon, secret: Path, tmp_path: Path
+    start_daemon: StartDaemon, replayer: Replayer, secret: Path, tmp_path: Path
 ) -> None:
     config = config_with_sentinel(otp_block(secret, stop=False))
     run = start_daemon(config)
+    replayer.ready()
     pcap = tmp_path / "knock.pcap"
     at_window_start(room=4.5)
     capture_knock(run, pcap)
@@ -195,7 +254,7 @@ def test_a_restart_after_sigkill_does_not_unburn(
     run.signal(signal.SIGKILL)
     run.wait_exit()
     again = start_daemon(config)
-    replay(again.pair, pcap)
+    replayer.replay(pcap)
     again.wait_log(rf"ssh: replayed sequence from {CLIENT_V4}, first used by {CLIENT_V4}")
     again.sentinel()
     assert again.action_lines().count(f"ssh open {CLIENT_V4}") == 1

@@ -40,7 +40,9 @@ from packaging_helpers import (
     unit_value,
 )
 
-pytestmark = pytest.mark.e2e
+# Daemons as an unused uid, a probe in /etc: on the same make-test worker as
+# test_unit_install, which looks for every trace of the package on the machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("machine")]
 
 #: Capability numbers (linux/capability.h), to read /proc/PID/status with.
 CAPABILITY_BITS = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_BPF": 39}

@@ -10,12 +10,16 @@ leaves it as it found it, and a package left installed by an interrupted run is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +33,9 @@ from privileges import NAMESPACES, require_root
 from tportknockd import __version__
 from tportknockd.config import format_frame, load_config
 
-pytestmark = pytest.mark.e2e
+# It installs and purges the package system-wide and searches the whole machine for traces:
+# never beside another test that changes the machine (make test runs tests on two workers).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("machine")]
 
 PACKAGE = "tportknockd"
 USER = "tportknockd"
@@ -66,13 +72,60 @@ def _man_cache() -> set[Path]:
     return set(Path(MAN_CACHE).glob("**/cat*/*tportknock*"))
 
 
+#: The daemon's default state directory: a daemon run by hand before the test (with its
+#: default --state-file) leaves it behind, with nothing of the package in it. Purging the
+#: package removes it, so the test puts it aside for its run and back afterwards, under a
+#: name that is not one of the package's traces.
+STATE_DIR = Path("/var/lib/tportknockd")
+STATE_ASIDE = Path("/var/lib/.tpk-test-state-put-aside")
+
+
+def _restore_state_dir() -> None:
+    if STATE_ASIDE.exists():
+        if STATE_DIR.exists():
+            shutil.rmtree(STATE_DIR)
+        STATE_ASIDE.rename(STATE_DIR)
+
+
+#: Held while a test changes the machine: another run of the suite on the same machine (a
+#: second checkout, a second xdist worker in another --dist mode) waits its turn.
+MACHINE_LOCK = Path("/run/lock/tpk-tests-machine.lock")
+
+
+@contextlib.contextmanager
+def _machine_lock(timeout: float = 900) -> Iterator[None]:
+    with open(MACHINE_LOCK, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{MACHINE_LOCK} still held after {timeout:.0f} s")
+                time.sleep(0.1)  # polling a lock another run holds
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def clean_machine() -> Iterator[set[str]]:
-    """The package's traces before the test (normally none); afterwards, man-db's cache
-    loses the pages the test formatted."""
+    """The package's traces before the test (normally none; a state directory left by the
+    daemon is put aside for the test's run); afterwards, man-db's cache loses the pages the
+    test formatted. The machine is the test's alone meanwhile (MACHINE_LOCK)."""
     require_root(NAMESPACES)
+    with _machine_lock():
+        yield from _clean_machine()
+
+
+def _clean_machine() -> Iterator[set[str]]:
     if _package_status() != "not known":
         _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
+    _restore_state_dir()  # put aside by an interrupted run
+    if STATE_DIR.exists():
+        STATE_DIR.rename(STATE_ASIDE)
     cached = _man_cache()
     try:
         yield _traces()
@@ -81,6 +134,7 @@ def clean_machine() -> Iterator[set[str]]:
             _sh(*APT, "purge", PACKAGE, check=False)
         for page in _man_cache() - cached:
             page.unlink()
+        _restore_state_dir()
 
 
 def _user_exists() -> bool:
