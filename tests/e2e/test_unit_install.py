@@ -20,6 +20,7 @@ import signal
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,34 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         pytest.fail(f"{' '.join(argv)} failed ({result.returncode}):\n"
                     f"{result.stdout}{result.stderr}")
     return result
+
+
+#: Removing the package (and make uninstall) removes the daemon's nftables table: run there,
+#: it would reach into this machine's own ruleset. So those steps run in a network namespace
+#: of the test's own, where the table they remove is only ever the namespace's.
+ISOLATED = f"tpk-u-{uuid.uuid4().hex[:8]}"
+
+
+def _isolated(*argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ISOLATED, *argv]
+
+
+@contextlib.contextmanager
+def _isolation() -> Iterator[None]:
+    _sh("ip", "netns", "add", ISOLATED)
+    try:
+        yield
+    finally:
+        _sh("ip", "netns", "delete", ISOLATED, check=False)
+
+
+def _give_the_namespace_a_door_table() -> None:
+    """What a daemon with doors leaves behind, in the test's namespace."""
+    _sh(*_isolated("nft", "add", "table", "inet", "tportknockd"))
+
+
+def _door_table_in_the_namespace() -> bool:
+    return "tportknockd" in _sh(*_isolated("nft", "list", "tables")).stdout
 
 
 def _package_status() -> str:
@@ -116,13 +145,13 @@ def clean_machine() -> Iterator[set[str]]:
     daemon is put aside for the test's run); afterwards, man-db's cache loses the pages the
     test formatted. The machine is the test's alone meanwhile (MACHINE_LOCK)."""
     require_root(NAMESPACES)
-    with _machine_lock():
+    with _machine_lock(), _isolation():
         yield from _clean_machine()
 
 
 def _clean_machine() -> Iterator[set[str]]:
     if _package_status() != "not known":
-        _sh(*APT, "purge", PACKAGE)  # left over from an interrupted run
+        _sh(*_isolated(*APT, "purge", PACKAGE))  # left over from an interrupted run
     _restore_state_dir()  # put aside by an interrupted run
     if STATE_DIR.exists():
         STATE_DIR.rename(STATE_ASIDE)
@@ -131,7 +160,7 @@ def _clean_machine() -> Iterator[set[str]]:
         yield _traces()
     finally:
         if _package_status() != "not known":
-            _sh(*APT, "purge", PACKAGE, check=False)
+            _sh(*_isolated(*APT, "purge", PACKAGE), check=False)
         for page in _man_cache() - cached:
             page.unlink()
         _restore_state_dir()
@@ -219,13 +248,15 @@ def test_install_check_remove_purge_leaves_nothing_behind(
     _check_installed()
     _run_as_the_unit(pair, tmp_path)
 
-    _sh(*APT, "remove", PACKAGE)
+    _give_the_namespace_a_door_table()
+    _sh(*_isolated(*APT, "remove", PACKAGE))
+    assert not _door_table_in_the_namespace(), "removing the package left the door table"
     conffiles = {"/etc/tportknockd.conf", "/etc/default/tportknockd"}
     left = _traces() - before
     assert conffiles <= left and not (owned - conffiles - {"/var/lib/tportknockd"}) & left, left
     assert not Path("/usr/lib/python3/dist-packages/tportknockd").exists()
 
-    _sh(*APT, "purge", PACKAGE)
+    _sh(*_isolated(*APT, "purge", PACKAGE))
     assert _package_status() == "not known"
     assert _traces() == before, f"left behind: {_traces() - before}"
     assert _user_exists() == user_before
@@ -252,9 +283,11 @@ def test_make_install_then_uninstall_leaves_nothing_behind(clean_machine: set[st
     verify = _sh("systemd-analyze", "verify", unit)
     assert verify.stdout + verify.stderr == ""
 
-    _sh(*make, "uninstall")
+    _give_the_namespace_a_door_table()
+    _sh(*_isolated(*make, "uninstall"))
+    assert not _door_table_in_the_namespace(), "make uninstall left the door table"
     assert _traces() - before == {"/etc/tportknockd.conf", "/etc/default/tportknockd"}
     assert _user_exists()
-    _sh(*make, "uninstall", "PURGE=yes")
+    _sh(*_isolated(*make, "uninstall", "PURGE=yes"))
     assert _traces() == before
     assert _user_exists() == user_before
