@@ -119,7 +119,7 @@ def test_a_new_knock_refreshes_the_timeout(namespace: str, readd: bool) -> None:
     assert door["seconds_left"] > 250
 
 
-def test_this_kernel_refreshes_on_re_add(namespace: str) -> None:
+def test_this_add_refreshes_on_re_add(namespace: str) -> None:
     """Not a requirement (open_commands copes either way): a record of the fast path."""
     probe(namespace, "install", [MAIL])
     if not probe(namespace, "refreshes"):

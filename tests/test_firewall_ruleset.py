@@ -92,7 +92,7 @@ def test_an_address_is_widened_to_the_events_prefix() -> None:
 
 def test_an_opening_adds_each_door_with_prefix_timeout_and_comment() -> None:
     found = elements(open_commands([(SSH, "198.51.100.7"), (WEB, "2001:db8::7")],
-                                   kernel_refreshes=True))  # fmt: skip
+                                   add_refreshes=True))  # fmt: skip
     assert found == [
         (set_name("ssh", 4), {"val": {"concat": [
             {"prefix": {"addr": "198.51.100.0", "len": 24}}, "tcp", 22]},
@@ -107,20 +107,20 @@ def test_an_opening_adds_each_door_with_prefix_timeout_and_comment() -> None:
 
 
 def test_without_kernel_refresh_each_element_is_added_deleted_and_added() -> None:
-    commands = open_commands([(SSH, "198.51.100.7")], kernel_refreshes=False)
+    commands = open_commands([(SSH, "198.51.100.7")], add_refreshes=False)
     assert [next(iter(command)) for command in commands] == ["add", "delete", "add"]
     assert commands[0]["add"] == commands[1]["delete"] == commands[2]["add"]
 
 
 def test_a_knocker_twice_in_a_batch_counts_once() -> None:
     batch = [(SSH, "198.51.100.7"), (SSH, "198.51.100.9"), (WEB, "198.51.100.9")]
-    assert len(elements(open_commands(batch, kernel_refreshes=True))) == 1 + 3
+    assert len(elements(open_commands(batch, add_refreshes=True))) == 1 + 3
 
 
 def test_timeouts_are_whole_seconds_rounded_up() -> None:
     # libnftables 1.0.6 ignores a JSON timeout that is not an integer: a door open for ever.
     assert [whole_seconds(t) for t in (0.001, 1, 1.5, 30)] == [1, 1, 2, 30]
-    for _, fields in elements(open_commands([(WEB, "198.51.100.7")], kernel_refreshes=True)):
+    for _, fields in elements(open_commands([(WEB, "198.51.100.7")], add_refreshes=True)):
         assert isinstance(fields["timeout"], int)
     assert all(isinstance(s.get("timeout", 1), int) for s in added(table_commands([WEB]), "set"))
 

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             result: Any = "ok"
         elif command == "open":
             # In the daemon, install probes the kernel; here it ran in another process.
-            table.kernel_refreshes = not argument["readd"] and table.probe_refresh()
+            table.add_refreshes = not argument["readd"] and table.probe_refresh()
             table.open([(spec_of(item["spec"]), item["address"])
                         for item in argument["openings"]])
             result = "ok"

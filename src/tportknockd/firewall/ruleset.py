@@ -263,13 +263,13 @@ def list_tables_command() -> Command:
 # -- opening doors -------------------------------------------------------------------------
 
 
-def open_commands(openings: Iterable[Opening], kernel_refreshes: bool = False) -> list[Command]:
+def open_commands(openings: Iterable[Opening], add_refreshes: bool = False) -> list[Command]:
     """The elements that open each spec's doors to each knocker, as one batch. A knocker
     named twice in a batch counts once.
 
     A knocker whose door is open already must get the whole timeout again. Re-adding an
     existing element does that only on kernels that update element timeouts (6.10 and later;
-    older ones silently keep the old expiry): `kernel_refreshes` says so (see
+    older ones silently keep the old expiry): `add_refreshes` says so (see
     refresh_probe_commands). Otherwise each element is added, deleted and added again: the
     first add makes sure there is something to delete (deleting an absent element would fail
     the whole transaction) and the last one starts a fresh timeout on any kernel. That costs:
@@ -286,7 +286,7 @@ def open_commands(openings: Iterable[Opening], kernel_refreshes: bool = False) -
                 "element", name=name, elem=[_element(network, port, seconds, spec.event)])
     commands: list[Command] = []
     for element in elements.values():
-        if kernel_refreshes:
+        if add_refreshes:
             commands.append({"add": element})
         else:
             commands += [{"add": element}, {"delete": element}, {"add": element}]

@@ -76,7 +76,7 @@ class DoorTable:
     def __init__(self, nft: Nftables | None = None) -> None:
         self._nft = nft if nft is not None else Nftables()
         #: Whether re-adding an element refreshes its timeout (probed at the first install).
-        self.kernel_refreshes: bool | None = None
+        self.add_refreshes: bool | None = None
 
     def install(self, specs: Sequence[DoorSpec]) -> None:
         """Create the table for `specs`, or replace the one there, in one transaction; doors
@@ -89,7 +89,7 @@ class DoorTable:
         try:
             kept = self._open_doors() if self._present() else []
             self._nft.run_json(table_commands(specs, kept))
-            if self.kernel_refreshes is None:
+            if self.add_refreshes is None:
                 self.probe_refresh()
         except FirewallError as error:
             raise _explained("cannot install the nftables table", error) from None
@@ -103,14 +103,14 @@ class DoorTable:
             listing = self._nft.run_json([list_set_command(REFRESH_PROBE_SET)])
         finally:
             self._nft.run_json([delete_set_command(REFRESH_PROBE_SET)])
-        self.kernel_refreshes = element_timeouts(listing) == [2000]
-        return self.kernel_refreshes
+        self.add_refreshes = element_timeouts(listing) == [2000]
+        return self.add_refreshes
 
     def open(self, openings: Sequence[Opening]) -> None:
         """Open each spec's doors to each knocker, all in one transaction; a knocker whose
         doors are open already gets the whole timeout again."""
         if openings:
-            commands = open_commands(openings, bool(self.kernel_refreshes))
+            commands = open_commands(openings, bool(self.add_refreshes))
             with _explaining("cannot open the doors"):
                 self._nft.run_json(commands)
 
