@@ -92,7 +92,9 @@ PROBE_PRIORITY = 10
 class DoorSettings:
     knocks: int = 20  # open: knocks per side
     probe_interval_us: int = 50  # between connect attempts (the loop adds its own ~50 µs)
-    probe_s: float = 3.0  # a prober gives up after this long
+    # A prober gives up after this long: the knock's own timeout, since a knock client that
+    # shares its CPU with the real-time prober may take over a second to send.
+    probe_s: float = 10.0
     spoofed_knockers: int = 1000
     spoof_s: float = 10.0  # ... all within this long
     spoof_wait_s: float = 40.0  # after the flood, for the last elements
