@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -242,6 +243,13 @@ class RecordingSocket:
         self.log.append((self.kind, data, address))
         return len(data)
 
+    def setblocking(self, flag: bool) -> None:
+        assert not flag
+
+    def connect_ex(self, address: tuple[Any, ...]) -> int:
+        self.log.append((self.kind, b"", address))
+        return errno.EINPROGRESS
+
     def close(self) -> None:
         pass
 
@@ -278,12 +286,12 @@ def test_frames_are_sent_in_order_with_their_flags(
     assert seen == [("udp", 1234, None), ("tcp", 123, 0x1D), ("tcp", 434, 0x3F),
                     ("tcp", 2345, 0), ("tcp", 110, 0x28), ("tcp", 543, SYN)]
     assert capsys.readouterr().out.splitlines() == [
-        "sent udp/1234 to 198.51.100.1",
-        "sent tcp/123 FIN+RST+PSH+ACK to 198.51.100.1",
-        "sent tcp/434 FIN+SYN+RST+PSH+ACK+URG to 198.51.100.1",
-        "sent tcp/2345 none to 198.51.100.1",
-        "sent tcp/110 PSH+URG to 198.51.100.1",
-        "sent tcp/543 SYN to 198.51.100.1",
+        "sent udp/1234 to 198.51.100.1 (udp)",
+        "sent tcp/123 FIN+RST+PSH+ACK to 198.51.100.1 (raw)",
+        "sent tcp/434 FIN+SYN+RST+PSH+ACK+URG to 198.51.100.1 (raw)",
+        "sent tcp/2345 none to 198.51.100.1 (raw)",
+        "sent tcp/110 PSH+URG to 198.51.100.1 (raw)",
+        "sent tcp/543 SYN to 198.51.100.1 (raw)",
     ]
 
 
@@ -294,21 +302,70 @@ def test_delay_between_frames(sent: list[tuple[int, bytes, tuple[Any, ...]]]) ->
     assert len(sent) == 4
 
 
-def test_without_cap_net_raw(monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
-    sent: list[tuple[int, bytes, tuple[Any, ...]]] = []
+@pytest.fixture
+def no_raw(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes, tuple[Any, ...]]]:
+    """Sockets as for a user without CAP_NET_RAW: a raw one is refused, the rest recorded."""
+    log: list[tuple[int, bytes, tuple[Any, ...]]] = []
 
     def refusing_socket(family: int, kind: int, proto: int = 0) -> RecordingSocket:
         if kind == socket.SOCK_RAW:
             raise PermissionError(1, "Operation not permitted")
-        return RecordingSocket(sent, kind)
+        return RecordingSocket(log, kind)
 
     monkeypatch.setattr(client.socket, "socket", refusing_socket)
     monkeypatch.setattr(client, "resolve_target", lambda *args: V4_TARGET)
-    assert main(["198.51.100.1", "udp:1", "tcp:2:s"]) == 1
-    assert capsys.readouterr().err == (
-        "tportknock: sending TCP frames needs root or CAP_NET_RAW\n")
-    assert sent == []  # the UDP frame before it is not sent either: all or nothing
+    return log
+
+
+def test_without_cap_net_raw_a_syn_goes_by_connect(
+        no_raw: list[tuple[int, bytes, tuple[Any, ...]]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-v", "198.51.100.1", "udp:1", "tcp:2:s", "tcp:3:i", "udp:4"]) == 0
+    assert no_raw == [
+        (socket.SOCK_DGRAM, client.UDP_PAYLOAD, ("198.51.100.1", 1)),
+        (socket.SOCK_STREAM, b"", ("198.51.100.1", 2)),
+        (socket.SOCK_STREAM, b"", ("198.51.100.1", 3)),
+        (socket.SOCK_DGRAM, client.UDP_PAYLOAD, ("198.51.100.1", 4)),
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        "sent udp/1 to 198.51.100.1 (udp)",
+        "sent tcp/2 SYN to 198.51.100.1 (connect)",
+        "sent tcp/3 SYN to 198.51.100.1 (connect)",
+        "sent udp/4 to 198.51.100.1 (udp)",
+    ]
+
+
+NEEDS_RAW = ("tportknock: tcp:7001:fu needs a raw socket (root or CAP_NET_RAW); only tcp:s "
+             "and udp frames can be sent without\n")
+
+
+def test_without_cap_net_raw_other_flags_are_refused_before_sending(
+        no_raw: list[tuple[int, bytes, tuple[Any, ...]]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["198.51.100.1", "udp:7000", "tcp:7001:s", "tcp:7001:fu", "tcp:2:a"]) == 1
+    assert capsys.readouterr().err == NEEDS_RAW
+    assert no_raw == []  # the frames before it are not sent either: all or nothing
+
+
+def test_raw_forces_a_raw_socket(no_raw: list[tuple[int, bytes, tuple[Any, ...]]],
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--raw", "198.51.100.1", "udp:1", "tcp:2:s"]) == 1
+    assert capsys.readouterr().err == "tportknock: sending TCP frames needs root or CAP_NET_RAW\n"
+    assert no_raw == []
+
+
+def test_connect_never_opens_a_raw_socket(sent: list[tuple[int, bytes, tuple[Any, ...]]],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    knock(V4_TARGET, [Frame(6, 2, SYN), Frame(17, 3, None)], 0, verbose=True, way="connect")
+    assert [kind for kind, _, _ in sent] == [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+    with pytest.raises(KnockError, match=r"^tcp:4:a needs a raw socket \(--connect sends only"):
+        knock(V4_TARGET, [Frame(6, 2, SYN), Frame(6, 4, ACK)], 0, verbose=False, way="connect")
+    assert len(sent) == 2
+
+
+def test_connect_and_raw_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--connect", "--raw", "198.51.100.1", "tcp:1:s"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 # --- end to end: real knocks between two namespaces -----------------------------------------
@@ -386,7 +443,10 @@ def knocks_in(sniffer_output: str, source: str) -> list[tuple[str, int, int]]:
         if ip_layer is None or ip_layer.src != source:
             continue
         if TCP in frame:
-            assert frame[TCP].chksum == scapy_checksum(ip_layer), "bad TCP checksum on the wire"
+            # The client's own segments carry no options; a kernel's SYN (connect()) has them,
+            # and its checksum is left to the (virtual) NIC.
+            if frame[TCP].dataofs == 5:
+                assert frame[TCP].chksum == scapy_checksum(ip_layer), "bad TCP checksum"
             knocks.append(("tcp", frame[TCP].dport, int(frame[TCP].flags)))
         elif UDP in frame:
             knocks.append(("udp", frame[UDP].dport, 0))
@@ -415,14 +475,30 @@ def test_knock_from_config_event(pair: Any, config_file: Path) -> None:
     assert knocks == [("udp", 1234, 0), *E2E_EXPECTED[1:]]
 
 
+DROP_NET_RAW = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw"]
+
+
 @pytest.mark.e2e
 def test_without_cap_net_raw_nothing_is_sent(pair: Any) -> None:
-    drop_net_raw = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw"]
-    result, knocks = knocks_seen(pair, ["198.51.100.1", "udp:1", "tcp:2:s"], "198.51.100.2",
-                                 prefix=drop_net_raw)
+    result, knocks = knocks_seen(pair, ["198.51.100.1", "udp:1", "tcp:2:s", "tcp:7001:fu"],
+                                 "198.51.100.2", prefix=DROP_NET_RAW)
     assert result.returncode == 1
-    assert result.stderr == "tportknock: sending TCP frames needs root or CAP_NET_RAW\n"
+    assert result.stderr == NEEDS_RAW
     assert knocks == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("server", "source"), [("198.51.100.1", "198.51.100.2"),
+                                                ("2001:db8::1", "2001:db8::2")],
+                         ids=["ipv4", "ipv6"])
+def test_without_cap_net_raw_a_syn_arrives(pair: Any, server: str, source: str) -> None:
+    result, knocks = knocks_seen(pair, ["-v", server, "udp:1", "tcp:2:s", "tcp:3:i"], source,
+                                 prefix=DROP_NET_RAW)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.split("\n")[1].endswith("(connect)")
+    # A closed port answers the SYN with a RST; the client's socket is gone by then.
+    assert knocks[:3] == [("udp", 1, 0), ("tcp", 2, SYN), ("tcp", 3, SYN)]
+    assert [k for k in knocks if k[0] == "tcp" and k[2] != SYN] == []
 
 
 @pytest.mark.e2e

@@ -2,14 +2,21 @@
 
 UDP frames are ordinary datagrams. TCP frames are hand-built segments sent through a raw
 socket (the kernel adds the IP header), because no ordinary socket call can put an arbitrary
-flag byte on the wire; that needs root or CAP_NET_RAW.
+flag byte on the wire; that needs root or CAP_NET_RAW. A SYN is the exception: a non-blocking
+connect() sends one, and the socket is closed at once, so `tcp:s` and `udp` frames need no
+privilege at all.
+
+The client runs on Linux, macOS and Windows: it imports nothing Linux-only (tests/test_layering.py
+and tests/test_client_portable.py keep it so).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
+import os
 import random
 import socket
 import struct
@@ -42,6 +49,20 @@ ANY_FLAGS_SENDS = SYN
 _TCP_HEADER = struct.Struct("!HHIIBBHHH")
 _TCP_CHECKSUM_AT = 16
 _TCP_DATA_OFFSET = (_TCP_HEADER.size // 4) << 4
+
+#: How a frame went out, as `-v` says it.
+VIA_RAW, VIA_CONNECT, VIA_UDP = "raw", "connect", "udp"
+
+#: What connect_ex on a non-blocking socket returns once the SYN is on its way: in progress
+#: (EWOULDBLOCK on Windows), already connected (loopback), or already refused (loopback).
+_CONNECT_UNDER_WAY = {
+    0,
+    errno.EINPROGRESS,
+    errno.EWOULDBLOCK,
+    errno.EAGAIN,
+    errno.ECONNREFUSED,
+    getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK),
+}
 
 # A port for the routing probe; the probe socket is connected but never sends anything.
 _PROBE_PORT = 9
@@ -114,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
             "FRAME is protocol:port[:flags] as in the tportknockd config, e.g. udp:1234 "
             "tcp:123:frap tcp:434:x tcp:2345:n. Flag letters: f s r p a u, x (all six), "
             "n (none; also the default), i (any: a SYN is sent). TCP frames go out through a "
-            "raw socket and need root or CAP_NET_RAW."
+            "raw socket, which needs root or CAP_NET_RAW; without one, SYN frames (tcp:P:s, "
+            "tcp:P:i) are sent by connect() and UDP frames need no privilege anyway."
         ),
     )
     parser.add_argument(
@@ -164,7 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a one-time event with otp_secret: use window w+N (a clock known to be off; "
         "a negative N as --window-offset=-1)",
     )
-    parser.add_argument("-v", dest="verbose", action="store_true", help="print each frame sent")
+    way = parser.add_mutually_exclusive_group()
+    way.add_argument(
+        "--connect",
+        dest="way",
+        action="store_const",
+        const=VIA_CONNECT,
+        default=None,
+        help="send SYN frames with connect(), never through a raw socket (no root needed; "
+        "other TCP frames are refused)",
+    )
+    way.add_argument(
+        "--raw",
+        dest="way",
+        action="store_const",
+        const=VIA_RAW,
+        help="send every TCP frame through a raw socket, failing without root or CAP_NET_RAW "
+        "(default: a raw socket if one can be opened, else connect() for SYN frames)",
+    )
+    parser.add_argument(
+        "-v", dest="verbose", action="store_true", help="print each frame sent, and how"
+    )
     parser.add_argument("host", metavar="HOST", nargs="?", help="host name or address to knock at")
     parser.add_argument("frames", metavar="FRAME", nargs="*", help="the frames to send, in order")
     return parser
@@ -265,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(" ".join(format_frame(frame) for frame in frames))
             return 0
         target = resolve_target(args.host, args.family, args.source)
-        knock(target, frames, args.delay / 1000, args.verbose)
+        knock(target, frames, args.delay / 1000, args.verbose, args.way)
     except KnockError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.status
@@ -330,25 +372,67 @@ def _reason(exc: BaseException) -> str:
 # --- sending --------------------------------------------------------------------------------
 
 
-def knock(target: Target, frames: Sequence[Frame], delay: float, verbose: bool) -> None:
-    """Send `frames` in order, `delay` seconds apart. Sockets open first: all or nothing fails."""
+def knock(
+    target: Target,
+    frames: Sequence[Frame],
+    delay: float,
+    verbose: bool,
+    way: str | None = None,
+) -> None:
+    """Send `frames` in order, `delay` seconds apart. Sockets open first: all or nothing fails.
+
+    `way` is how TCP frames go: VIA_RAW (a raw socket, or fail), VIA_CONNECT (connect() for
+    SYN frames, refusing any other) or None (a raw socket if one opens, else as VIA_CONNECT).
+    A frame that cannot be sent is refused before anything is sent: never half a knock.
+    """
+    tcp = [frame for frame in frames if frame.protocol == PROTO_TCP]
+    connectable = all(_connect_can_send(frame) for frame in tcp)
+    if way is None and sys.platform == "win32" and connectable:
+        way = VIA_CONNECT  # Windows never sends TCP through a raw socket
     with contextlib.ExitStack() as stack:
         udp = raw = None
+        if tcp and way == VIA_CONNECT and not connectable:
+            raise KnockError(_needs_raw(tcp, connect_asked=True))
+        if tcp and way != VIA_CONNECT:
+            try:
+                raw = stack.enter_context(_open_raw(target))
+            except _NoRawSocket as exc:
+                if way == VIA_RAW:
+                    raise KnockError(str(exc)) from None
+                if not connectable:
+                    raise KnockError(_needs_raw(tcp)) from None
         if any(frame.protocol != PROTO_TCP for frame in frames):
             udp = stack.enter_context(_open_udp(target))
-        if any(frame.protocol == PROTO_TCP for frame in frames):
-            raw = stack.enter_context(_open_raw(target))
         for index, frame in enumerate(frames):
             if index and delay:
                 time.sleep(delay)
-            if frame.protocol == PROTO_TCP:
-                assert raw is not None
-                sent = _send_tcp(raw, target, frame)
-            else:
+            if frame.protocol != PROTO_TCP:
                 assert udp is not None
-                sent = _send_udp(udp, target, frame)
+                sent, via = _send_udp(udp, target, frame), VIA_UDP
+            elif raw is not None:
+                sent, via = _send_tcp(raw, target, frame), VIA_RAW
+            else:
+                sent, via = _connect_syn(target, frame), VIA_CONNECT
             if verbose:
-                print(f"sent {sent} to {target.address}", flush=True)
+                print(f"sent {sent} to {target.address} ({via})", flush=True)
+
+
+def _connect_can_send(frame: Frame) -> bool:
+    """connect() sends a segment whose flag byte is exactly SYN: `tcp:P:s`, or `tcp:P:i`."""
+    return frame.flags is None or frame.flags == SYN
+
+
+def _needs_raw(tcp: Sequence[Frame], connect_asked: bool = False) -> str:
+    first = next(frame for frame in tcp if not _connect_can_send(frame))
+    reason = "--connect sends only SYN frames" if connect_asked else "root or CAP_NET_RAW"
+    return (
+        f"{format_frame(first)} needs a raw socket ({reason}); only tcp:s and udp frames "
+        "can be sent without"
+    )
+
+
+class _NoRawSocket(Exception):
+    """No raw socket can be opened here (no privilege, or not supported)."""
 
 
 def _open_udp(target: Target) -> socket.socket:
@@ -362,9 +446,9 @@ def _open_raw(target: Target) -> socket.socket:
     try:
         sock = socket.socket(target.family, socket.SOCK_RAW, socket.IPPROTO_TCP)
     except PermissionError:
-        raise KnockError("sending TCP frames needs root or CAP_NET_RAW") from None
+        raise _NoRawSocket("sending TCP frames needs root or CAP_NET_RAW") from None
     except OSError as exc:
-        raise KnockError(f"cannot open a raw socket: {_reason(exc)}") from None
+        raise _NoRawSocket(f"cannot open a raw socket: {_reason(exc)}") from None
     # Bound, so the kernel writes the very source address the checksum was computed over.
     _bind_source(sock, target)
     return sock
@@ -391,6 +475,28 @@ def _send_tcp(sock: socket.socket, target: Target, frame: Frame) -> str:
     # Raw IPv6 sockets reject a port other than 0 or their protocol; 0 is right for both.
     _send(sock, segment, (target.address, 0, *target.sockaddr[2:]), frame)
     return f"{PROTOCOL_NAMES[frame.protocol]}/{frame.port} {describe_flags(flags)}"
+
+
+def _connect_syn(target: Target, frame: Frame) -> str:
+    """One SYN by connect(): non-blocking, so connect_ex returns once the SYN has been handed
+    to the network layer (the kernel transmits it within the call); the socket is closed right
+    away, so nothing more is sent (no retransmission, no handshake to finish)."""
+    sockaddr = (target.address, frame.port, *target.sockaddr[2:])
+    sock = socket.socket(target.family, socket.SOCK_STREAM)
+    try:
+        if target.explicit_source:
+            sock.bind(target.source)
+        sock.setblocking(False)
+        status = sock.connect_ex(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise KnockError(
+            f"cannot send {frame.describe()} to {sockaddr[0]}: {_reason(exc)}"
+        ) from None
+    sock.close()
+    if status not in _CONNECT_UNDER_WAY:
+        raise KnockError(f"cannot send {frame.describe()} to {sockaddr[0]}: {os.strerror(status)}")
+    return f"{PROTOCOL_NAMES[frame.protocol]}/{frame.port} {describe_flags(SYN)}"
 
 
 def _send_udp(sock: socket.socket, target: Target, frame: Frame) -> str:
