@@ -9,7 +9,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tportknockd import __version__
+# First, before any part that only Linux has: on another system this exits with one line.
+from tportknockd import __version__, needs_linux  # noqa: F401
 from tportknockd.capture import netif
 from tportknockd.capture.selection import Selection, any_would_listen_on
 from tportknockd.config import ConfigError, check_report, load_config
