@@ -129,3 +129,37 @@ def modules_after(statement: str) -> set[str]:
             check=True,
         ).stdout.split()
     )
+
+
+#: Socket attributes only Linux has; no module the client loads may even name one.
+LINUX_ONLY_SOCKET = {"AF_PACKET", "AF_NETLINK", "SO_BINDTODEVICE", "SOCK_CLOEXEC",
+                     "SOCK_NONBLOCK", "SO_ATTACH_FILTER", "SO_ATTACH_BPF", "PACKET_OUTGOING"}
+
+
+def client_modules() -> list[Path]:
+    parts = ALLOWED["client"] | {"client"}
+    return [path for path in MODULES if part_of(module_name(path)) in parts]
+
+
+@pytest.mark.parametrize("path", client_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_client_module_names_anything_linux_only(path: Path) -> None:
+    """Static, so that an import inside a function (which test_the_client_loads_nothing_linux_only
+    cannot see) or a Linux-only constant cannot slip in either (tests/test_client_portable.py
+    runs the client as on macOS and Windows)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+            if node.module == "socket":
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Attribute) and node.attr in LINUX_ONLY_SOCKET:
+            found.add(node.attr)
+    assert not found & (LINUX_ONLY | LINUX_ONLY_SOCKET), sorted(found & (LINUX_ONLY |
+                                                                        LINUX_ONLY_SOCKET))
+
+
+def test_the_client_parts_are_these() -> None:
+    """Widening what the client may import needs a look at test_client_portable.py too."""
+    assert ALLOWED["client"] == {"model", "files", "frame_syntax", "onetime", "config"}
