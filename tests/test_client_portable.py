@@ -124,9 +124,6 @@ def test_one_time_derivation_on_macos(tmp_path: Path) -> None:
     assert there.stdout in (before, after) and there.stdout.count(":") >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="onetime.lists.read_regular_file opens the secret with "
-                   "os.O_NONBLOCK | os.O_CLOEXEC, which Windows lacks (and Windows reports "
-                   "mode 0666 for any file): needs a change in tportknockd.onetime")
 def test_one_time_derivation_on_windows(tmp_path: Path) -> None:
     result = run_as("win32", RUN_CLIENT, "-c", str(otp_config(tmp_path)), "-e", "ssh",
                     "--print")

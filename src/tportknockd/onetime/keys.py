@@ -7,6 +7,7 @@ every problem at the line of the key that causes it.
 from __future__ import annotations
 
 import stat
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -58,7 +59,8 @@ def read_secret(setting: Setting, report: Report) -> bytes | None:
     except OSError as exc:
         report(setting.line, f"otp_secret: cannot read {path}: {exc.strerror or exc}")
         return None
-    if info.st_mode & 0o077:
+    # Windows reports 0666 for every file: its permissions are not in the mode bits.
+    if info.st_mode & 0o077 and sys.platform != "win32":
         mode = stat.S_IMODE(info.st_mode)
         report(
             setting.line,

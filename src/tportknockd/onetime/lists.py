@@ -86,13 +86,20 @@ def read_list(path: str) -> OneTimeList:
     return OneTimeList(path, head, remaining)
 
 
+#: Not blocking on a FIFO, not inherited; on Windows (the knock client runs there too), which
+#: has neither flag, bytes as they are rather than text mode.
+_OPEN_FLAGS = (
+    getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
 def read_regular_file(path: str, limit: int) -> tuple[os.stat_result, bytes]:
     """At most `limit` bytes of a regular file, and its status.
 
     Opened without blocking and refused unless regular: a FIFO or a device named by mistake
     must not hang `-C` or the daemon's start-up.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     with os.fdopen(fd, "rb") as stream:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
