@@ -205,14 +205,11 @@ def list_doors() -> int:
     from tportknockd.firewall.table import DoorTable
 
     try:
-        table = DoorTable()
-        try:
+        with DoorTable() as table:
             if not table.present():
                 print("no door table: no tportknockd with doors has run since boot")
                 return 0
             doors = table.open_doors()
-        finally:
-            table.close()
     except FirewallError as exc:
         print(f"tportknockd: {exc}", file=sys.stderr)
         return 1
@@ -230,12 +227,9 @@ def remove_table() -> int:
     from tportknockd.firewall.table import DoorTable
 
     try:
-        table = DoorTable()
-        try:
+        with DoorTable() as table:
             present = table.present()
             table.remove()
-        finally:
-            table.close()
     except FirewallError as exc:
         print(f"tportknockd: {exc}", file=sys.stderr)
         return 1

@@ -143,6 +143,12 @@ class DoorTable:
     def close(self) -> None:
         self._nft.close()
 
+    def __enter__(self) -> DoorTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # -- noticing changes to the ruleset -------------------------------------------------------
 
